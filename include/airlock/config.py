@@ -1,0 +1,313 @@
+"""Upgrade targets, declared in YAML and validated on load.
+
+Every error names the file, the target and the field, so that a broken file shows up as a clear
+import error of the DAG file instead of a half-built DAG. Unknown keys are errors too: a typo in
+`stale_after_minutes` must not silently fall back to a default on a production server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS
+
+DEFAULT_TARGETS_FILE = Path(__file__).resolve().parent.parent / "targets.yaml"
+TARGETS_FILE_ENV = "AIRLOCK_TARGETS_FILE"
+ENVIRONMENTS = ("staging", "production")
+TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A targets file that cannot be used; the message says file, target and field."""
+
+
+def expand_env(text: str) -> str:
+    """Expand ${VAR} and ${VAR:-default} so one file serves several machines."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise KeyError(name)
+            return default
+        return value
+
+    return ENV_REF.sub(replace, text)
+
+
+class _Reader:
+    """Reads one mapping of the YAML file, remembering where it is for error messages."""
+
+    def __init__(self, data: Any, where: str, source: str, target: str | None):
+        self.source, self.target, self.where = source, target, where
+        if not isinstance(data, dict):
+            self.fail("", f"must be a mapping (got {type(data).__name__})")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> None:
+        place = ".".join(p for p in (self.where, key) if p)
+        who = f"target {self.target!r}: " if self.target else ""
+        raise ConfigError(f"{self.source}: {who}{place or 'top level'}: {message}")
+
+    def child(self, key: str, *, required: bool = True) -> _Reader:
+        value = self._get(key, required, {})
+        where = ".".join(p for p in (self.where, key) if p)
+        return _Reader(value, where, self.source, self.target)
+
+    def _get(self, key: str, required: bool, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.fail(key, "is required")
+            return default
+        return self.data[key]
+
+    def text(self, key: str, *, default: str | None = None, pattern: re.Pattern | None = None) -> str:
+        value = self._get(key, default is None, default)
+        if not isinstance(value, str) or not value.strip():
+            self.fail(key, f"must be a non-empty string (got {value!r})")
+        try:
+            value = expand_env(value)
+        except KeyError as missing:
+            self.fail(key, f"uses environment variable {missing} which is not set")
+        if pattern and not pattern.match(value):
+            self.fail(key, f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...] | list[str], default: str | None = None) -> str:
+        value = self.text(key, default=default)
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
+        value = self._get(key, False, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(key, f"must be a number (got {value!r})")
+        if integer and not float(value).is_integer():
+            self.fail(key, f"must be a whole number (got {value!r})")
+        if value < minimum:
+            self.fail(key, f"must be at least {minimum} (got {value!r})")
+        return int(value) if integer else float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, False, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false (got {value!r})")
+        return value
+
+    def names(self, key: str) -> list[str]:
+        value = self._get(key, False, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(key, f"must be a list of names (got {value!r})")
+        return list(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            self.fail(unknown[0], f"unknown setting (known here: {', '.join(sorted(self.used))})")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where an environment keeps its metadata: a SQLite file or a MySQL database."""
+
+    kind: str
+    path: str | None = None
+    conn_id: str | None = None
+    database: str | None = None
+
+    @classmethod
+    def read(cls, r: _Reader) -> DatabaseConfig:
+        kind = r.choice("kind", sorted(DATABASE_KINDS))
+        if kind == "sqlite":
+            config = cls(kind, path=r.text("path"))
+            if not os.path.isabs(config.path or ""):
+                r.fail("path", f"must be an absolute path (got {config.path!r})")
+        else:
+            config = cls(kind, conn_id=r.text("conn_id", pattern=CONN_ID),
+                         database=r.text("database", pattern=DB_NAME))
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """How Airlock deploys the server of one environment."""
+
+    kind: str
+    state_dir: str
+    start_timeout_seconds: float
+    stop_timeout_seconds: float
+    artifact_root: str
+
+    @classmethod
+    def read(cls, r: _Reader) -> DriverConfig:
+        kind = r.choice("kind", sorted(DRIVER_KINDS))
+        state_dir = r.text("state_dir")
+        if not os.path.isabs(state_dir):
+            r.fail("state_dir", f"must be an absolute path (got {state_dir!r})")
+        config = cls(
+            kind=kind,
+            state_dir=state_dir,
+            start_timeout_seconds=r.number("start_timeout_seconds", 180, minimum=1),
+            stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1),
+            artifact_root=r.text("artifact_root", default=os.path.join(state_dir, "artifacts")),
+        )
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """One environment (staging or production) of a target."""
+
+    name: str
+    url: str
+    driver: DriverConfig
+    database: DatabaseConfig
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    @classmethod
+    def read(cls, name: str, r: _Reader) -> EnvironmentConfig:
+        url = r.text("url").rstrip("/")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            r.fail("url", f"must be an http(s) URL with a host (got {url!r})")
+        if parsed.username or parsed.password:
+            r.fail("url", "must not contain credentials; keep secrets in Airflow connections")
+        config = cls(name, url, DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")))
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class DrainConfig:
+    """How long to wait for running pipelines before touching a server."""
+
+    timeout_minutes: float = 60
+    poll_interval_seconds: float = 30
+    stale_after_minutes: float = 24 * 60
+
+    @classmethod
+    def read(cls, r: _Reader) -> DrainConfig:
+        config = cls(
+            timeout_minutes=r.number("timeout_minutes", cls.timeout_minutes, minimum=0),
+            poll_interval_seconds=r.number("poll_interval_seconds", cls.poll_interval_seconds, minimum=0.1),
+            stale_after_minutes=r.number("stale_after_minutes", cls.stale_after_minutes, minimum=1),
+        )
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One upgrade target: a platform with a staging and a production environment."""
+
+    name: str
+    platform: str
+    description: str
+    approvers: list[str]
+    backup_location: str
+    allow_minor_skips: bool
+    drain: DrainConfig
+    environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def dag_id(self) -> str:
+        return f"airlock_upgrade__{self.name}"
+
+    def environment(self, name: str) -> EnvironmentConfig:
+        return self.environments[name]
+
+    @classmethod
+    def read(cls, name: str, r: _Reader) -> TargetConfig:
+        platform = r.choice("platform", sorted(PLATFORMS))
+        description = r.text("description", default=f"{platform} target {name}")
+        approvers = r.names("approvers")
+        backup = r.child("backup")
+        location = backup.text("location")
+        if not os.path.isabs(location):
+            backup.fail("location", f"must be an absolute path (got {location!r})")
+        backup.done()
+        upgrade = r.child("upgrade", required=False)
+        allow_minor_skips = upgrade.flag("allow_minor_skips", False)
+        upgrade.done()
+        drain = DrainConfig.read(r.child("drain", required=False))
+        envs = r.child("environments")
+        environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
+        envs.done()
+        r.done()
+        target = cls(name, platform, description, approvers, location, allow_minor_skips, drain,
+                     environments, r.source)
+        target.check_environments_are_distinct(r)
+        return target
+
+    def check_environments_are_distinct(self, r: _Reader) -> None:
+        """Staging and production sharing a URL, database or state would make staging touch production."""
+        staging, production = self.environments["staging"], self.environments["production"]
+        pairs = {
+            "url": (staging.url, production.url),
+            "driver.state_dir": (staging.driver.state_dir, production.driver.state_dir),
+            "database": (staging.database, production.database),
+        }
+        for key, (a, b) in pairs.items():
+            if a == b:
+                r.fail(f"environments.*.{key}", "staging and production must not share it")
+
+
+def targets_file() -> Path:
+    """The targets file in force: $AIRLOCK_TARGETS_FILE, else the embedded default."""
+    return Path(os.environ.get(TARGETS_FILE_ENV) or DEFAULT_TARGETS_FILE)
+
+
+def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
+    """Load and validate every target of a targets file."""
+    path = Path(path) if path else targets_file()
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: targets file not found (set {TARGETS_FILE_ENV})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    top = _Reader(raw if raw is not None else {}, "", source, None)
+    entries = top.child("targets")
+    top.done()
+    if not entries.data:
+        entries.fail("", "declares no targets")
+    targets = {}
+    for name in entries.data:
+        if not isinstance(name, str) or not TARGET_NAME.match(name):
+            entries.fail(str(name), f"target names must match {TARGET_NAME.pattern}")
+        targets[name] = TargetConfig.read(name, _Reader(entries.data[name], "", source, name))
+    return targets
+
+
+def load_target(name: str, path: str | Path | None = None) -> TargetConfig:
+    """One target by name, with an error that lists the ones that exist."""
+    targets = load_targets(path)
+    if name not in targets:
+        raise ConfigError(f"{path or targets_file()}: no target {name!r} (have: {', '.join(targets)})")
+    return targets[name]

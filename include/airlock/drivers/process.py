@@ -1,0 +1,217 @@
+"""Runs a platform server as a local process from a virtualenv of its own, one per version.
+
+How many teams run MLflow on a VM: a virtualenv per version (cached, so a rollback does not
+reinstall), a pid file, a log file and a port. State lives in the environment's `state_dir`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from airlock.config import EnvironmentConfig
+from airlock.databases.base import Database
+from airlock.platforms.base import Command, PlatformAdapter
+
+VENV_ROOT_ENV = "AIRLOCK_VENV_ROOT"
+READY_MARKER = ".airlock-ready"
+
+
+class DriverError(RuntimeError):
+    """The server could not be installed, started or stopped; the message says what to look at."""
+
+
+def venv_root() -> Path:
+    return Path(os.environ.get(VENV_ROOT_ENV) or Path.home() / ".cache" / "airlock" / "venvs")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serialise installs of one virtualenv across tasks and processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class ProcessDriver:
+    """Deploys one environment's server as a local process."""
+
+    def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database):
+        self.env, self.adapter, self.database = env, adapter, database
+        self.state_dir = Path(env.driver.state_dir)
+        self.pid_file = self.state_dir / "server.pid"
+        self.log_file = self.state_dir / "server.log"
+        self.record_file = self.state_dir / "deployment.json"
+
+    # -- virtualenvs ---------------------------------------------------------------------------
+    def venv_path(self, version: str) -> Path:
+        return venv_root() / f"{self.adapter.name}-{version}"
+
+    def ensure_installed(self, version: str) -> Path:
+        """Install the version into its own virtualenv once; later calls reuse it."""
+        venv = self.venv_path(version)
+        requirements = self.adapter.install_requirements(version)
+        with file_lock(venv.with_suffix(".lock")):
+            marker = venv / READY_MARKER
+            if marker.is_file() and json.loads(marker.read_text()) == requirements:
+                return venv
+            if venv.exists():
+                shutil.rmtree(venv)  # a half-finished install from an earlier try
+            self._run([sys.executable, "-m", "venv", str(venv)], f"create virtualenv {venv}")
+            self._run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                       "--disable-pip-version-check", *requirements],
+                      f"install {' '.join(requirements)} into {venv}")
+            marker.write_text(json.dumps(requirements))
+        return venv
+
+    @staticmethod
+    def _run(argv: list[str], what: str) -> None:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise DriverError(f"could not {what} (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+
+    # -- commands ------------------------------------------------------------------------------
+    def server_command(self, version: str) -> Command:
+        bin_dir = str(self.venv_path(version) / "bin")
+        return self.adapter.server_command(bin_dir, self.env.host, self.env.port,
+                                           self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
+
+    def migration_command(self, version: str) -> Command:
+        return self.adapter.migration_command(str(self.venv_path(version) / "bin"), self.database.sqlalchemy_uri())
+
+    def configuration(self) -> dict:
+        """The deployment as the driver sees it, without secret values (for the backup set)."""
+        record = self.deployed() or {}
+        return {"driver": "process", "url": self.env.url, "state_dir": str(self.state_dir),
+                "database": self.database.describe(), **record}
+
+    def deployed(self) -> dict | None:
+        return json.loads(self.record_file.read_text()) if self.record_file.is_file() else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def running_pid(self) -> int | None:
+        if not self.pid_file.is_file():
+            return None
+        pid = int(self.pid_file.read_text().strip() or 0)
+        return pid if pid and process_alive(pid) else None
+
+    def start(self, version: str) -> dict:
+        """Start the server of `version` and wait until it is healthy. Idempotent."""
+        pid = self.running_pid()
+        record = self.deployed() or {}
+        if pid and record.get("version") == version:
+            self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
+            return {**record, "already_running": True}
+        if pid:
+            raise DriverError(f"{self.env.name}: {self.adapter.name} {record.get('version')} is still running "
+                              f"(pid {pid}); stop it before starting {version}")
+        if port_open(self.env.host, self.env.port):
+            raise DriverError(f"{self.env.name}: something that Airlock did not start answers on "
+                              f"{self.env.host}:{self.env.port}; stop it or fix the target's url")
+        venv = self.ensure_installed(version)
+        command = self.server_command(version)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        Path(self.env.driver.artifact_root).mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- airlock: starting {self.adapter.name} {version} ---\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.state_dir, env={**os.environ, **command.env, **command.secret_env},
+                start_new_session=True)
+        self.pid_file.write_text(str(process.pid))
+        record = {"version": version, "venv": str(venv), "pid": process.pid,
+                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "log_file": str(self.log_file), **command.describe()}
+        self.record_file.write_text(json.dumps(record, indent=2))
+        try:
+            seconds = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
+        except Exception as error:
+            tail = self.log_tail()
+            self.stop()
+            raise DriverError(f"{self.env.name}: {self.adapter.name} {version} did not become healthy: "
+                              f"{error}\n--- last lines of {self.log_file} ---\n{tail}") from None
+        return {**record, "seconds_to_healthy": round(seconds, 3)}
+
+    def stop(self) -> dict:
+        """Stop the server (SIGTERM, then SIGKILL after the timeout). Idempotent."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            if port_open(self.env.host, self.env.port):
+                raise DriverError(f"{self.env.name}: no server of Airlock's is running but something answers "
+                                  f"on {self.env.host}:{self.env.port}; refusing to go on as if it were stopped")
+            return {"stopped": False, "reason": "not running"}
+        started = time.monotonic()
+        self._signal(pid, signal.SIGTERM)
+        deadline = started + self.env.driver.stop_timeout_seconds
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        killed = process_alive(pid)
+        if killed:
+            self._signal(pid, signal.SIGKILL)
+            while process_alive(pid):
+                time.sleep(0.1)
+        while port_open(self.env.host, self.env.port) and time.monotonic() < deadline + 10:
+            time.sleep(0.2)  # worker processes of the group release the port last
+        self.pid_file.unlink(missing_ok=True)
+        return {"stopped": True, "pid": pid, "killed": killed, "seconds": round(time.monotonic() - started, 3)}
+
+    @staticmethod
+    def _signal(pid: int, signum: int) -> None:
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_file.is_file():
+            return "(no log)"
+        text = self.log_file.read_text(errors="replace").splitlines()[-lines:]
+        return self.database.redact("\n".join(text))
+
+    def migrate(self, version: str) -> dict:
+        """Run the new version's schema migration against the (stopped) server's database."""
+        self.ensure_installed(version)
+        command = self.migration_command(version)
+        started = time.monotonic()
+        result = subprocess.run(command.argv, capture_output=True, text=True, check=False,
+                                env={**os.environ, **command.env, **command.secret_env})
+        output = self.database.redact((result.stdout + result.stderr).strip())
+        if result.returncode != 0:
+            raise DriverError(f"{self.env.name}: migration to {self.adapter.name} {version} failed "
+                              f"(exit {result.returncode}):\n{output[-3000:]}")
+        return {"seconds": round(time.monotonic() - started, 3), "output_tail": output[-1000:]}

@@ -1,0 +1,58 @@
+"""One environment of a target, with its adapter, database, driver and backup store wired up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from airlock.backups import LocalBackupStore
+from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig
+from airlock.databases.base import Database
+from airlock.drivers.process import ProcessDriver
+from airlock.platforms.base import PlatformAdapter
+from airlock.registry import DATABASE_KINDS, PLATFORMS, load_class
+
+MysqlResolver = Callable[[DatabaseConfig], Database]
+
+
+def airflow_mysql(config: DatabaseConfig) -> Database:
+    """A MySQL database whose credentials come from an Airflow connection (at run time only)."""
+    from airlock.databases.mysql import MysqlDatabase, MysqlParams
+    from airlock.airflow_connections import connection_fields
+
+    host, port, user, password = connection_fields(config.conn_id or "")
+    return MysqlDatabase(MysqlParams(host, port or 3306, user, password, config.database or ""))
+
+
+def open_database(config: DatabaseConfig, mysql: MysqlResolver = airflow_mysql) -> Database:
+    if config.kind == "sqlite":
+        return load_class(DATABASE_KINDS, "sqlite")(config.path)
+    return mysql(config)
+
+
+@dataclass
+class Environment:
+    target: TargetConfig
+    config: EnvironmentConfig
+    adapter: PlatformAdapter
+    database: Database
+    driver: ProcessDriver
+    store: LocalBackupStore
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def stale_after(self) -> timedelta:
+        return timedelta(minutes=self.target.drain.stale_after_minutes)
+
+
+def open_environment(target: TargetConfig, name: str, mysql: MysqlResolver = airflow_mysql) -> Environment:
+    config = target.environment(name)
+    adapter = load_class(PLATFORMS, target.platform)(config.url)
+    database = open_database(config.database, mysql)
+    driver = ProcessDriver(config, adapter, database)
+    store = LocalBackupStore(target.backup_location, target.name, name)
+    return Environment(target, config, adapter, database, driver, store)

@@ -1,0 +1,147 @@
+"""What Airlock needs to know about a platform, whatever the platform."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from airlock.http import ServerError, request_text
+
+
+@dataclass(frozen=True)
+class RunningRun:
+    """A pipeline or training run that an upgrade would interrupt."""
+
+    run_id: str
+    name: str
+    where: str
+    started_at: str
+    last_activity: str
+    stale: bool
+
+    def describe(self) -> str:
+        state = "stale, not waited for" if self.stale else "active"
+        return (f"run {self.run_id} ({self.name!r} in {self.where}, started {self.started_at}, "
+                f"last activity {self.last_activity}, {state})")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One hash over a server's user data, read through its API, plus counts to tell what differs."""
+
+    digest: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def of(sections: dict[str, list]) -> Fingerprint:
+        canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        return Fingerprint(digest, {name: len(items) for name, items in sections.items()})
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line plus the environment it needs; secrets go in `secret_env`, never in argv."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """What is safe to log, store and show: argv and the names (only) of the variables."""
+        return {"argv": self.argv, "env": self.env, "secret_env_names": sorted(self.secret_env)}
+
+
+def millis_to_iso(millis: int | None) -> str:
+    if not millis:
+        return "unknown"
+    return datetime.fromtimestamp(int(millis) / 1000, UTC).isoformat(timespec="seconds")
+
+
+def is_stale(last_activity_millis: int, stale_after: timedelta, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    return now - datetime.fromtimestamp(last_activity_millis / 1000, UTC) > stale_after
+
+
+class PlatformAdapter(ABC):
+    """Talks to one running server of a platform through its public API."""
+
+    name: str
+    package: str
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    @abstractmethod
+    def health(self) -> None:
+        """Raise ServerError unless the server answers its health check."""
+
+    @abstractmethod
+    def server_version(self) -> str: ...
+
+    @abstractmethod
+    def running_runs(self, stale_after: timedelta) -> list[RunningRun]: ...
+
+    @abstractmethod
+    def fingerprint(self) -> Fingerprint: ...
+
+    @abstractmethod
+    def smoke_test(self) -> dict:
+        """Write something small through the API and read it back; raise on any difference."""
+
+    @abstractmethod
+    def install_requirements(self, version: str) -> list[str]:
+        """Pip requirements of a virtualenv that runs this version's server."""
+
+    @abstractmethod
+    def server_command(self, bin_dir: str, host: str, port: int, db_uri: str, artifact_root: str) -> Command: ...
+
+    @abstractmethod
+    def migration_command(self, bin_dir: str, db_uri: str) -> Command: ...
+
+    def is_healthy(self) -> bool:
+        try:
+            self.health()
+        except ServerError:
+            return False
+        return True
+
+    def wait_healthy(self, timeout: float, interval: float = 0.5) -> float:
+        """Poll health until it answers; return how long it took. Raise with the last error."""
+        started = time.monotonic()
+        last_error = "no answer yet"
+        while time.monotonic() - started < timeout:
+            try:
+                self.health()
+                return time.monotonic() - started
+            except ServerError as error:
+                last_error = str(error)
+            time.sleep(interval)
+        raise ServerError(f"{self.name} at {self.url} not healthy after {timeout:.0f} s: {last_error}")
+
+    def published_versions(self) -> list[str]:
+        """Versions of the platform's package published on the package index (through pip)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", self.package],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        match = re.search(r"Available versions:\s*(.+)", result.stdout)
+        if result.returncode != 0 or not match:
+            raise ServerError(
+                f"could not list published {self.package} versions through pip "
+                f"(exit {result.returncode}): {result.stderr.strip()[-300:]}"
+            )
+        return [v.strip() for v in match.group(1).split(",") if v.strip()]
+
+    def text(self, path: str) -> str:
+        return request_text(f"{self.url}{path}")

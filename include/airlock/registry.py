@@ -1,0 +1,23 @@
+"""Names of the platforms, deployment drivers and database kinds Airlock knows.
+
+Each name maps to "module:Class" and is imported only when used, so that validating a targets
+file (at DAG parse time) never imports a platform's client code.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+PLATFORMS = {"mlflow": "airlock.platforms.mlflow:MlflowAdapter"}
+DRIVER_KINDS = {"process": "airlock.drivers.process:ProcessDriver"}
+DATABASE_KINDS = {
+    "sqlite": "airlock.databases.sqlite:SqliteDatabase",
+    "mysql": "airlock.databases.mysql:MysqlDatabase",
+}
+
+
+def load_class(table: dict[str, str], name: str) -> Any:
+    """Import the class registered under `name`."""
+    module, _, attribute = table[name].partition(":")
+    return getattr(import_module(module), attribute)

@@ -1,0 +1,239 @@
+"""The upgrade's steps, one function each, called by the DAG's tasks.
+
+Each step is safe to retry: it looks at what an earlier try left (backups by deterministic id, the
+environment's in-progress marker) and continues from there. Every result is a small JSON dict for
+XCom, free of secrets.
+"""
+
+from __future__ import annotations
+
+import time
+
+from airlock.backups import (
+    BackupError,
+    backup_id_for,
+    now_iso,
+    restore_backup,
+    take_backup,
+    verify_backup,
+)
+from airlock.config import TargetConfig
+from airlock.environment import Environment
+from airlock.versions import LATEST_PATCH, PlanError, parse_version, plan_upgrade
+
+PREPARE, FINAL = "prepare", "final"
+
+
+class UpgradeError(RuntimeError):
+    """A step that must not go on; the message tells on-call what happened and what to do."""
+
+
+def marker_of_run(env: Environment, run_id: str) -> dict | None:
+    """The in-progress marker, if this run is the one that touched the environment."""
+    marker = env.store.in_progress()
+    return marker if marker and marker.get("run_id") == run_id else None
+
+
+# -- preflight ----------------------------------------------------------------------------------
+def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id: str) -> dict:
+    """Check the trigger's params and that no other upgrade left an environment half-done."""
+    requested = str(params.get("target_version") or "").strip()
+    if not requested:
+        raise PlanError("param target_version is empty: give a version such as 3.17.2 or 'latest-patch'")
+    if requested != LATEST_PATCH:
+        parse_version(requested, what="param target_version")
+    for env in envs:
+        marker = env.store.in_progress()
+        if marker and marker.get("run_id") != run_id:
+            raise UpgradeError(
+                f"{env.name} of {target.name} has an unfinished upgrade from run {marker['run_id']} "
+                f"({marker.get('from_version')} → {marker.get('to_version')}; marker {env.store.marker_path()}). "
+                "Roll it back by clearing that run's rollback task, or, once you have checked the server "
+                "by hand, delete the marker file."
+            )
+    return {"target": target.name, "requested": requested, "platform": target.platform}
+
+
+def plan(target: TargetConfig, staging: Environment, production: Environment, requested: str) -> dict:
+    """Decide from → to for both environments, refusing what the policy forbids."""
+    published = production.adapter.published_versions()
+    versions = {env.name: env.adapter.server_version() for env in (staging, production)}
+    plans = {name: plan_upgrade(current, requested, published, platform=target.platform,
+                                allow_minor_skips=target.allow_minor_skips)
+             for name, current in versions.items()}
+    goal = plans["production"].target
+    if plans["staging"].target != goal or (versions["staging"] not in (versions["production"], goal)):
+        raise PlanError(f"staging runs {versions['staging']} and production {versions['production']}: "
+                        f"staging must run the same version as production (or already {goal})")
+    return {"from": versions["production"], "to": goal,
+            **{name: p.to_dict() for name, p in plans.items()}}
+
+
+# -- backup & preparation -----------------------------------------------------------------------
+def health(env: Environment) -> dict:
+    env.adapter.health()
+    return {"environment": env.name, "url": env.config.url, "version": env.adapter.server_version()}
+
+
+def backup(env: Environment, purpose: str, run_id: str, version: str) -> dict:
+    """A verified backup set (taken once per run and purpose; a retry reuses a verified one)."""
+    backup_id = backup_id_for(env.name, purpose, run_id)
+    if not env.store.is_verified(backup_id):
+        meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
+                "platform": env.target.platform, "platform_version": version}
+        take_backup(env.database, env.store, backup_id, meta, env.driver.configuration())
+    verification = verify_backup(env.database, env.store, backup_id)
+    manifest = env.store.manifest(backup_id)
+    return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,
+            "tables": len(manifest.tables), "rows": verification["rows"],
+            "bytes": sum(f["bytes"] for f in manifest.files.values()),
+            "backup_seconds": manifest.seconds, "verify_seconds": verification["seconds"]}
+
+
+def inventory(envs: list[Environment]) -> dict:
+    """Runs in flight on each environment, so the operator knows who the upgrade will wait for."""
+    return {env.name: [run.describe() for run in env.adapter.running_runs(env.stale_after)] for env in envs}
+
+
+# -- compatibility ------------------------------------------------------------------------------
+def prepare_versions(env: Environment, plan_: dict) -> dict:
+    """Install the new version and keep the old one ready, so a rollback never waits on pip."""
+    started = time.monotonic()
+    paths = {version: str(env.driver.ensure_installed(version)) for version in {plan_["from"], plan_["to"]}}
+    return {"virtualenvs": paths, "seconds": round(time.monotonic() - started, 3)}
+
+
+def client_compatibility(plan_: dict) -> dict:
+    """MLflow's rule: clients work with servers of the same major version."""
+    old, new = parse_version(plan_["from"]), parse_version(plan_["to"])
+    same_major = old.major == new.major
+    note = ("clients of the same major version keep working" if same_major else
+            f"clients on {old.major}.x must move to {new.major}.x after the server upgrade")
+    return {"client_rule": "same major version", "compatible_with_old_clients": same_major, "note": note}
+
+
+# -- the upgrade of one environment -------------------------------------------------------------
+def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
+    """Fingerprint the data, record the marker, stop the server. Refuses without a verified backup."""
+    env_plan = plan_[env.name]
+    if env_plan["change"] == "none":
+        return {"skipped": f"{env.name} already runs {env_plan['target']}"}
+    prepare_id = backup_id_for(env.name, PREPARE, run_id)
+    if not env.store.is_verified(prepare_id):
+        raise UpgradeError(f"refusing to stop {env.name}: its backup {prepare_id} is not verified")
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        fingerprint = env.adapter.fingerprint()
+        marker = {"run_id": run_id, "environment": env.name, "from_version": env_plan["current"],
+                  "to_version": env_plan["target"], "fingerprint": fingerprint.to_dict(),
+                  "prepare_backup_id": prepare_id, "migration_started": False}
+    marker["last_answered_at"] = now_iso() if env.adapter.is_healthy() else marker.get("last_answered_at")
+    env.store.mark_in_progress(marker)
+    stopped = env.driver.stop()
+    marker.setdefault("stopped_at", now_iso())
+    env.store.mark_in_progress(marker)
+    return {"fingerprint": marker["fingerprint"], "stop": stopped, "stopped_at": marker["stopped_at"],
+            "last_answered_at": marker["last_answered_at"]}
+
+
+def final_backup(env: Environment, run_id: str) -> dict:
+    """The backup a rollback restores: taken with the server stopped, so no write is lost."""
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run"}
+    result = backup(env, FINAL, run_id, marker["from_version"])
+    marker["final_backup_id"] = result["backup_id"]
+    env.store.mark_in_progress(marker)
+    return result
+
+
+def migrate(env: Environment, run_id: str) -> dict:
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run"}
+    final_id = marker.get("final_backup_id")
+    if not final_id or not env.store.is_verified(final_id):
+        raise UpgradeError(f"refusing to migrate {env.name}: no verified backup taken after the server stopped")
+    marker["migration_started"] = True
+    env.store.mark_in_progress(marker)
+    return {"to_version": marker["to_version"], **env.driver.migrate(marker["to_version"])}
+
+
+def start(env: Environment, run_id: str) -> dict:
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run"}
+    return env.driver.start(marker["to_version"])
+
+
+def check_health(env: Environment, plan_: dict) -> dict:
+    """Healthy, and serving the version the plan promised."""
+    result = health(env)
+    expected = plan_[env.name]["target"]
+    if result["version"] != expected:
+        raise UpgradeError(f"{env.name} answers but serves {result['version']}, expected {expected}")
+    return {**result, "healthy_at": now_iso()}
+
+
+def smoke(env: Environment) -> dict:
+    return env.adapter.smoke_test()
+
+
+def verify_fingerprint(env: Environment, run_id: str) -> dict:
+    """The data read through the new server equals the data before the upgrade."""
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run"}
+    after = env.adapter.fingerprint().to_dict()
+    before = marker["fingerprint"]
+    if after["digest"] != before["digest"]:
+        raise UpgradeError(f"{env.name}: data changed during the upgrade: fingerprint {before['digest'][:12]} "
+                           f"→ {after['digest'][:12]}; counts before {before['counts']}, after {after['counts']}")
+    return {"fingerprint": after, "equal_to_pre_upgrade": True}
+
+
+def watch(env: Environment, plan_: dict, seconds: float, interval: float = 2.0) -> dict:
+    """Keep checking health and version for a while after the upgrade; any failure → roll back."""
+    deadline = time.monotonic() + seconds
+    checks = 0
+    while True:
+        check_health(env, plan_)
+        checks += 1
+        if time.monotonic() >= deadline:
+            return {"checks": checks, "seconds": seconds}
+        time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+
+
+def finish(env: Environment, run_id: str) -> dict:
+    """The upgrade of this environment is done: drop the marker so the next run may start."""
+    marker = marker_of_run(env, run_id)
+    env.store.clear_in_progress() if marker else None
+    return {"environment": env.name, "finished": marker is not None,
+            "final_backup_id": marker.get("final_backup_id") if marker else None}
+
+
+def rollback(env: Environment, run_id: str) -> dict:
+    """Old release and pre-upgrade database back, proven equal to what was there before."""
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"rolled_back": False, "reason": f"{env.name} was not touched by this run"}
+    started = time.monotonic()
+    env.driver.stop()
+    restored = None
+    if marker.get("migration_started"):
+        final_id = marker.get("final_backup_id")
+        if not final_id:
+            raise BackupError(f"{env.name}: migration started without a final backup; restore by hand "
+                              f"from {marker['prepare_backup_id']}")
+        restored = restore_backup(env.database, env.store, final_id)
+    env.driver.start(marker["from_version"])
+    served = env.adapter.server_version()
+    after = env.adapter.fingerprint().to_dict()
+    if served != marker["from_version"] or after["digest"] != marker["fingerprint"]["digest"]:
+        raise UpgradeError(
+            f"{env.name}: after rollback the server runs {served} with fingerprint {after['digest'][:12]}, "
+            f"expected {marker['from_version']} and {marker['fingerprint']['digest'][:12]}; marker kept at "
+            f"{env.store.marker_path()}")
+    env.store.clear_in_progress()
+    return {"rolled_back": True, "version": served, "restored": restored, "fingerprint_equal": True,
+            "healthy_at": now_iso(), "seconds": round(time.monotonic() - started, 3)}

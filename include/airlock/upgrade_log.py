@@ -1,0 +1,116 @@
+"""The upgrade log: one JSON line per run, and a Markdown table rendered from all of them.
+
+In the spirit of the vendors' "maintain an upgrade log": date, target, from → to, how long each
+phase took, how long production did not answer, outcome, whether it was rolled back, who approved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+JSONL = "upgrade-log.jsonl"
+MARKDOWN = "upgrade-log.md"
+PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
+          "production_upgrade", "conclude")
+
+
+def seconds_between(start_iso: str | None, end_iso: str | None) -> float | None:
+    if not start_iso or not end_iso:
+        return None
+    return round((datetime.fromisoformat(end_iso) - datetime.fromisoformat(start_iso)).total_seconds(), 1)
+
+
+def phase_seconds(results: dict[str, dict | None]) -> dict[str, float]:
+    """Wall-clock span of each phase, from the first task's start to the last task's end."""
+    spans: dict[str, list[str]] = {}
+    for task_id, result in results.items():
+        if isinstance(result, dict) and result.get("_started_at"):
+            phase = task_id.split(".", 1)[0]
+            spans.setdefault(phase, []).extend([result["_started_at"], result["_finished_at"]])
+    return {phase: seconds_between(min(times), max(times)) or 0.0
+            for phase, times in sorted(spans.items(), key=lambda item: PHASES.index(item[0])
+                                       if item[0] in PHASES else len(PHASES))}
+
+
+def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
+    """(outcome, one sentence for on-call) from what the tasks returned."""
+    plan = results.get("preflight.plan")
+    gate = results.get("uat.approval") or {}
+    prod_rollback = results.get("conclude.rollback_production") or {}
+    staging_rollback = results.get("staging_upgrade.rollback_staging") or {}
+    finished = results.get("conclude.finish") or {}
+    if not plan:
+        return "failed", "preflight failed: nothing was touched"
+    if plan["production"]["change"] == "none":
+        return "nothing_to_do", plan["production"]["description"]
+    if results.get("compatibility.proceed") is False:
+        return "planned", f"plan-only run: {plan['production']['description']}; nothing was touched"
+    if prod_rollback.get("rolled_back"):
+        return "rolled_back", (f"production rolled back to {prod_rollback['version']}; "
+                               "database restored and fingerprint equal to before")
+    if finished.get("finished"):
+        return "upgraded", f"production upgraded {plan['from']} → {plan['to']}"
+    if gate.get("chosen_options") == ["Reject"]:
+        return "rejected", f"rejected at the UAT gate by {approver_of(gate)}: production untouched"
+    if staging_rollback.get("rolled_back"):
+        return "staging_failed", "staging failed and was rolled back; production untouched"
+    if results.get("conclude.decide") == "conclude.rollback_production" and not prod_rollback:
+        return "rollback_failed", "production rollback FAILED: see conclude.rollback_production's log"
+    return "failed", "the upgrade stopped before production was changed; see the failed task's log"
+
+
+def approver_of(gate: dict) -> str | None:
+    user = gate.get("responded_by_user") or {}
+    return user.get("name") or user.get("id")
+
+
+def build_record(target: str, run_id: str, started_at: str, results: dict[str, dict | None]) -> dict:
+    plan = results.get("preflight.plan") or {}
+    outcome, detail = decide_outcome(results)
+    freeze = results.get("production_upgrade.stop") or {}
+    back_up = (results.get("conclude.rollback_production") or {}).get("healthy_at") or \
+        (results.get("production_upgrade.health") or {}).get("healthy_at")
+    return {
+        "date": started_at, "target": target, "run_id": run_id,
+        "from": plan.get("from"), "to": plan.get("to"), "outcome": outcome, "detail": detail,
+        "rolled_back": outcome == "rolled_back",
+        "approver": approver_of(results.get("uat.approval") or {}),
+        "phase_seconds": phase_seconds(results),
+        "production_downtime_seconds": seconds_between(freeze.get("last_answered_at"), back_up),
+    }
+
+
+def append(directory: str | Path, record: dict) -> Path:
+    """Add a record (once per run: a retried report replaces its own line) and re-render the table."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    records = [r for r in read(directory) if r.get("run_id") != record["run_id"]] + [record]
+    staged = directory / (JSONL + ".tmp")
+    staged.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(staged, directory / JSONL)
+    (directory / MARKDOWN).write_text(render_markdown(records))
+    return directory / MARKDOWN
+
+
+def read(directory: str | Path) -> list[dict]:
+    path = Path(directory) / JSONL
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def render_markdown(records: list[dict]) -> str:
+    header = ("| Date | Target | From → To | Outcome | Rolled back | Approver | Prod downtime | Phases (s) |\n"
+              "|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in records:
+        phases = ", ".join(f"{name} {secs:g}" for name, secs in r.get("phase_seconds", {}).items())
+        downtime = r.get("production_downtime_seconds")
+        lines.append(
+            f"| {r['date']} | {r['target']} | {r.get('from') or '?'} → {r.get('to') or '?'} | {r['outcome']} | "
+            f"{'yes' if r.get('rolled_back') else 'no'} | {r.get('approver') or '—'} | "
+            f"{'—' if downtime is None else f'{downtime:g} s'} | {phases} |")
+    return "# Upgrade log\n\n" + header + "\n".join(lines) + "\n"

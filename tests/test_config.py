@@ -1,0 +1,93 @@
+"""Targets files: a good file loads, every mistake names file, target and field."""
+
+import textwrap
+
+import pytest
+
+from airlock.config import ConfigError, load_target, load_targets
+
+GOOD = """
+targets:
+  team_a:
+    platform: mlflow
+    approvers: [alice, bob]
+    backup: {location: /var/backups/airlock}
+    drain: {timeout_minutes: 5, poll_interval_seconds: 2}
+    environments:
+      staging:
+        url: http://127.0.0.1:5001
+        driver: {kind: process, state_dir: /srv/mlflow/staging}
+        database: {kind: sqlite, path: /srv/mlflow/staging/mlflow.db}
+      production:
+        url: http://127.0.0.1:5002
+        driver: {kind: process, state_dir: /srv/mlflow/production}
+        database: {kind: mysql, conn_id: mlflow_prod_db, database: mlflow}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "targets.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_file_loads_with_defaults(tmp_path):
+    target = load_target("team_a", write(tmp_path, GOOD))
+    assert target.dag_id == "airlock_upgrade__team_a"
+    assert target.approvers == ["alice", "bob"]
+    assert target.drain.stale_after_minutes == 1440
+    assert target.allow_minor_skips is False
+    production = target.environment("production")
+    assert (production.host, production.port) == ("127.0.0.1", 5002)
+    assert production.database.conn_id == "mlflow_prod_db"
+    assert target.environment("staging").driver.artifact_root == "/srv/mlflow/staging/artifacts"
+
+
+def test_environment_variables_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ROOT", "/data")
+    text = GOOD.replace("/srv/mlflow/staging}", "'${MLFLOW_ROOT}/staging'}").replace(
+        "/var/backups/airlock", "'${UNSET_VAR_FOR_TEST:-/fallback}'")
+    target = load_target("team_a", write(tmp_path, text))
+    assert target.environment("staging").driver.state_dir == "/data/staging"
+    assert target.backup_location == "/fallback"
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("kind: sqlite, path: /srv/mlflow/staging/mlflow.db", "kind: postgres"),
+     "target 'team_a': environments.staging.database.kind: must be one of mysql, sqlite (got 'postgres')"),
+    (("platform: mlflow", "platform: kubeflow"), "target 'team_a': platform: must be one of mlflow"),
+    (("timeout_minutes: 5", "timeout_minutes: soon"), "target 'team_a': drain.timeout_minutes: must be a number"),
+    (("timeout_minutes: 5", "timout_minutes: 5"), "target 'team_a': drain.timout_minutes: unknown setting"),
+    (("url: http://127.0.0.1:5002", "url: http://127.0.0.1:5001"),
+     "target 'team_a': environments.*.url: staging and production must not share it"),
+    (("url: http://127.0.0.1:5002", "url: http://admin:pw@127.0.0.1:5002"),
+     "environments.production.url: must not contain credentials"),
+    (("conn_id: mlflow_prod_db, ", ""), "environments.production.database.conn_id: is required"),
+    (("database: mlflow}", "database: 'ml;drop'}"), "environments.production.database.database: 'ml;drop'"),
+    (("state_dir: /srv/mlflow/staging}", "state_dir: relative/dir}"), "driver.state_dir: must be an absolute path"),
+    (("team_a:", "Team-A:"), "targets.Team-A: target names must match"),
+    (("backup: {location: /var/backups/airlock}", "backup: {location: '${NOT_SET_ANYWHERE}'}"),
+     "backup.location: uses environment variable 'NOT_SET_ANYWHERE' which is not set"),
+])
+def test_errors_name_file_target_and_field(tmp_path, change, expected):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ConfigError) as error:
+        load_targets(path)
+    assert str(error.value).startswith(str(path))
+    assert expected in str(error.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="targets file not found"):
+        load_targets(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_targets(write(tmp_path, "targets: [unclosed"))
+
+
+def test_unknown_target_lists_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"no target 'team_b' \(have: team_a\)"):
+        load_target("team_b", write(tmp_path, GOOD))
+
+
+def test_embedded_default_file_is_valid():
+    assert "mlflow_demo" in load_targets()
