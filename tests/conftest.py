@@ -40,3 +40,16 @@ def airflow_db():
 
     db.resetdb()
     return _HOME
+
+
+@pytest.fixture(scope="session")
+def mlflow_venvs():
+    """MLflow 2.16.2 and 3.17.2, each in its own virtualenv (cached across runs)."""
+    from airlock.drivers.process import DriverError, ensure_platform_venv
+    from airlock.platforms.mlflow import MlflowAdapter
+
+    adapter = MlflowAdapter("http://unused")
+    try:
+        return {version: ensure_platform_venv(adapter, version) for version in ("2.16.2", "3.17.2")}
+    except DriverError as error:
+        unavailable(f"cannot install MLflow virtualenvs: {error}")

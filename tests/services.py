@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import MySQLdb
-
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
 from conftest import unavailable
 

@@ -10,7 +10,6 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from airlock.backups import BackupError, LocalBackupStore, restore_backup, take_backup, verify_backup
 from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import DUMP, MysqlDatabase, MysqlParams
@@ -138,7 +137,7 @@ def test_mysql_dump_whose_rows_differ_fails_verification_naming_the_table(mysql_
     take_backup(mysql_db, store, "b1", META)
     dump = store.path("b1") / DUMP
     sql = subprocess.run(["zstd", "-dc", str(dump)], capture_output=True, check=True).stdout
-    tampered = sql.replace("experiment-7 ".encode(), "experiment-X ".encode(), 1)
+    tampered = sql.replace(b"experiment-7 ", b"experiment-X ", 1)
     assert tampered != sql
     dump.write_bytes(subprocess.run(["zstd", "-c"], input=tampered, capture_output=True, check=True).stdout)
     manifest = json.loads((store.path("b1") / "manifest.json").read_text())

@@ -3,7 +3,6 @@
 import textwrap
 
 import pytest
-
 from airlock.config import ConfigError, load_target, load_targets
 
 GOOD = """

@@ -1,7 +1,6 @@
 """Upgrade-path planning: what Airlock allows, refuses, and says about skipped releases."""
 
 import pytest
-
 from airlock.versions import Change, PlanError, classify, parse_version, plan_upgrade
 
 PUBLISHED = ["2.15.0", "2.16.0", "2.16.1", "2.16.2", "2.17.0", "2.17.2", "2.22.5", "3.0.0", "3.0.1",

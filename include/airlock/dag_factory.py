@@ -7,9 +7,9 @@ The tasks are thin: each opens the environment it needs and calls one function o
 from __future__ import annotations
 
 import functools
+import itertools
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -18,7 +18,7 @@ from airlock.approval import approval_body
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
 from airlock.environment import open_environment
-from airlock.operators import DrainSensor
+from airlock.operators import DrainSensor, UpgradeApprovalOperator
 from airlock.versions import LATEST_PATCH
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
@@ -115,7 +115,7 @@ def environment_steps(target: TargetConfig, name: str, plan) -> tuple[list, obje
         return steps.verify_fingerprint(env(), run_id())
 
     chain = [drain, stop(plan), final_backup(), migrate(), start(), health(plan), smoke(), fingerprint()]
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(chain):
         upstream >> downstream
     return chain, chain[-1]
 
@@ -238,7 +238,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 return approval_body(target.name, plan_, staging, backups,
                                      pull(task_ids="backup_and_prepare.inventory") or {})
 
-            approval = ApprovalOperator(
+            approval = UpgradeApprovalOperator(
                 task_id="approval",
                 subject=f"Upgrade {target.name} production to "
                         "{{ ti.xcom_pull(task_ids='preflight.plan')['to'] }}?",
@@ -286,6 +286,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 context = get_current_context()
                 ti = context["ti"]
                 results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in dag.task_ids}
+                results["uat.approval"] = ti.xcom_pull(task_ids="uat.approval", key="decision")
                 record = upgrade_log.build_record(target.name, context["run_id"],
                                                   context["dag_run"].start_date.isoformat(timespec="seconds"),
                                                   results)

@@ -18,8 +18,8 @@ MysqlResolver = Callable[[DatabaseConfig], Database]
 
 def airflow_mysql(config: DatabaseConfig) -> Database:
     """A MySQL database whose credentials come from an Airflow connection (at run time only)."""
-    from airlock.databases.mysql import MysqlDatabase, MysqlParams
     from airlock.airflow_connections import connection_fields
+    from airlock.databases.mysql import MysqlDatabase, MysqlParams
 
     host, port, user, password = connection_fields(config.conn_id or "")
     return MysqlDatabase(MysqlParams(host, port or 3306, user, password, config.database or ""))

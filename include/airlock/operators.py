@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
@@ -49,3 +50,19 @@ class DrainSensor(BaseOperator):
         for description in stale:
             self.log.warning("%s: not waiting for %s", self.environment, description)
         return {"drained": True, "polls": polls, "stale_runs_ignored": stale}
+
+
+class UpgradeApprovalOperator(ApprovalOperator):
+    """The UAT gate. Records the decision under XCom key "decision" whatever it is: on Reject the
+    stock operator skips downstream tasks without pushing its result, and the upgrade log must
+    still say who rejected and when."""
+
+    def execute_complete(self, context, event: dict[str, Any]):
+        if "error" not in event:
+            responded_at = event.get("responded_at")
+            context["ti"].xcom_push(key="decision", value={
+                "chosen_options": list(event["chosen_options"]),
+                "responded_by_user": event.get("responded_by_user"),
+                "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
+            })
+        return super().execute_complete(context, event)

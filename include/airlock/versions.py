@@ -51,7 +51,7 @@ def classify(current: Version, target: Version) -> Change:
 
 def minor_key(version: Version) -> tuple[int, int]:
     """The (major, minor) series a version belongs to."""
-    release = version.release + (0,)
+    release = (*version.release, 0)
     return release[0], release[1]
 
 

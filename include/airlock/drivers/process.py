@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from airlock.config import EnvironmentConfig
@@ -49,10 +49,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def process_alive(pid: int) -> bool:
     """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
@@ -64,6 +62,34 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def platform_venv(adapter: PlatformAdapter, version: str) -> Path:
+    return venv_root() / f"{adapter.name}-{version}"
+
+
+def ensure_platform_venv(adapter: PlatformAdapter, version: str) -> Path:
+    """Install a platform version into its own virtualenv once; later calls reuse it."""
+    venv = platform_venv(adapter, version)
+    requirements = adapter.install_requirements(version)
+    with file_lock(venv.with_suffix(".lock")):
+        marker = venv / READY_MARKER
+        if marker.is_file() and json.loads(marker.read_text()) == requirements:
+            return venv
+        if venv.exists():
+            shutil.rmtree(venv)  # a half-finished install from an earlier try
+        run_or_fail([sys.executable, "-m", "venv", str(venv)], f"create virtualenv {venv}")
+        run_or_fail([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                     "--disable-pip-version-check", *requirements],
+                    f"install {' '.join(requirements)} into {venv}")
+        marker.write_text(json.dumps(requirements))
+    return venv
+
+
+def run_or_fail(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DriverError(f"could not {what} (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
 
 
 class ProcessDriver:
@@ -78,30 +104,10 @@ class ProcessDriver:
 
     # -- virtualenvs ---------------------------------------------------------------------------
     def venv_path(self, version: str) -> Path:
-        return venv_root() / f"{self.adapter.name}-{version}"
+        return platform_venv(self.adapter, version)
 
     def ensure_installed(self, version: str) -> Path:
-        """Install the version into its own virtualenv once; later calls reuse it."""
-        venv = self.venv_path(version)
-        requirements = self.adapter.install_requirements(version)
-        with file_lock(venv.with_suffix(".lock")):
-            marker = venv / READY_MARKER
-            if marker.is_file() and json.loads(marker.read_text()) == requirements:
-                return venv
-            if venv.exists():
-                shutil.rmtree(venv)  # a half-finished install from an earlier try
-            self._run([sys.executable, "-m", "venv", str(venv)], f"create virtualenv {venv}")
-            self._run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                       "--disable-pip-version-check", *requirements],
-                      f"install {' '.join(requirements)} into {venv}")
-            marker.write_text(json.dumps(requirements))
-        return venv
-
-    @staticmethod
-    def _run(argv: list[str], what: str) -> None:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise DriverError(f"could not {what} (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+        return ensure_platform_venv(self.adapter, version)
 
     # -- commands ------------------------------------------------------------------------------
     def server_command(self, version: str) -> Command:
@@ -192,10 +198,8 @@ class ProcessDriver:
 
     @staticmethod
     def _signal(pid: int, signum: int) -> None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(pid, signum)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_file.is_file():

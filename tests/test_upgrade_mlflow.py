@@ -1,0 +1,154 @@
+"""The upgrade DAG end to end on real MLflow 2.16.2 → 3.17.2 servers on MariaDB.
+
+Each scenario has its own staging and production servers and databases. The gate is answered
+through Airflow's REST endpoint. Assertions are about what a platform team cares about: the
+version served, the data (fingerprints), production untouched, what the upgrade log says.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from airlock import upgrade_log
+from airlock.http import request_json
+from airlock.platforms.mlflow import MlflowAdapter
+from harness import CONN_ID, NEW, OLD, make_scenario, run_upgrade, start_and_seed, stop_all, task_states, write_targets
+from services import connection_uri_for_airflow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, airflow_db, mlflow_venvs):
+    root = tmp_path_factory.mktemp("upgrade")
+    scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i)
+                 for i, name in enumerate(["happy", "broken_staging", "rejected"])}
+    targets_file = root / "targets.yaml"
+    os.environ["AIRLOCK_TARGETS_FILE"] = str(targets_file)
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = connection_uri_for_airflow()
+    write_targets(targets_file, list(scenarios.values()))
+    yield scenarios, targets_file
+    for scenario in scenarios.values():
+        stop_all(scenario)
+
+
+def fingerprints(scenario) -> dict[str, str]:
+    return {env: scenario.env(env).adapter.fingerprint().digest for env in ("staging", "production")}
+
+
+def served(scenario, env: str) -> str:
+    return scenario.env(env).adapter.server_version()
+
+
+def last_record(scenario) -> dict:
+    return upgrade_log.read(scenario.root / "backups")[-1]
+
+
+def test_upgrade_reaches_both_environments_with_data_unchanged(world):
+    scenarios, targets_file = world
+    s = scenarios["happy"]
+    start_and_seed(s)
+    before = fingerprints(s)
+    assert s.env("production").adapter.fingerprint().counts["runs"] == 6
+
+    run, gate = run_upgrade("airlock_upgrade__happy", targets_file, {"target_version": NEW, "watch_seconds": 3})
+
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    assert gate.response["status"] == 200, gate.response
+    assert served(s, "staging") == served(s, "production") == NEW
+    assert fingerprints(s) == before
+    record = last_record(s)
+    assert (record["outcome"], record["from"], record["to"], record["rolled_back"]) == ("upgraded", OLD, NEW, False)
+    assert record["approver"]
+    assert 0 < record["production_downtime_seconds"] < 300
+    assert {"preflight", "backup_and_prepare", "staging_upgrade", "production_upgrade"} <= set(record["phase_seconds"])
+    assert s.env("production").store.in_progress() is None
+    assert s.env("staging").store.in_progress() is None
+    markdown = (s.root / "backups" / "upgrade-log.md").read_text()
+    assert f"| happy | {OLD} → {NEW} | upgraded | no |" in markdown
+
+
+def test_failed_staging_migration_rolls_staging_back_and_never_touches_production(world):
+    scenarios, targets_file = world
+    s = scenarios["broken_staging"]
+    start_and_seed(s)
+    staging_db = s.databases["staging"]
+    with staging_db.connect() as conn:  # a table that a 3.x migration will try to create
+        staging_db.query(conn, "CREATE TABLE webhooks (id INT PRIMARY KEY)")
+    before = fingerprints(s)
+    production_pid = s.env("production").driver.running_pid()
+    staging_tables = staging_db.table_stats()
+
+    run, gate = run_upgrade("airlock_upgrade__broken_staging", targets_file,
+                            {"target_version": NEW, "watch_seconds": 3}, answer=None)
+
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["staging_upgrade.migrate"] == "failed", states
+    assert states["staging_upgrade.rollback_staging"] == "success", states
+    assert gate.response is None  # the gate was never reached
+    assert served(s, "staging") == OLD
+    assert staging_db.table_stats() == staging_tables  # the half-migrated schema is gone
+    assert fingerprints(s) == before
+    assert s.env("production").driver.running_pid() == production_pid  # never stopped
+    assert served(s, "production") == OLD
+    assert all(state in ("upstream_failed", "None", "skipped") for task, state in states.items()
+               if task.startswith("production_upgrade.")), states
+    assert last_record(s)["outcome"] == "staging_failed"
+    assert s.env("staging").store.in_progress() is None
+
+
+def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(world):
+    scenarios, targets_file = world
+    s = scenarios["rejected"]
+    start_and_seed(s)
+    staging = MlflowAdapter(s.env("staging").config.url)
+    experiment = staging.experiments()[0]["experiment_id"]
+    run_id = request_json("POST", f"{staging.url}/api/2.0/mlflow/runs/create",
+                          {"experiment_id": experiment, "start_time": int(time.time() * 1000)})["run"]["info"]["run_id"]
+    finished_at: list[str] = []
+
+    def finish_training_run():
+        time.sleep(25)
+        request_json("POST", f"{staging.url}/api/2.0/mlflow/runs/update",
+                     {"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
+        finished_at.append(datetime.now(UTC).isoformat(timespec="seconds"))
+
+    threading.Thread(target=finish_training_run, daemon=True).start()
+    production_before = s.env("production").adapter.fingerprint().digest
+    production_pid = s.env("production").driver.running_pid()
+
+    run, gate = run_upgrade("airlock_upgrade__rejected", targets_file,
+                            {"target_version": NEW, "watch_seconds": 3}, answer="Reject")
+
+    states = task_states(run)
+    assert gate.response["status"] == 200, gate.response
+    # The drain held staging until the training run finished.
+    stop_started = _xcom(run, "staging_upgrade.stop")["_started_at"]
+    assert finished_at and stop_started >= finished_at[0]
+    assert served(s, "staging") == NEW
+    # Rejected: production untouched, and the run says so instead of looking green.
+    assert str(run.state) == "failed"
+    assert states["conclude.report"] == "failed"
+    assert all(states[t] == "skipped" for t in states if t.startswith("production_upgrade.")), states
+    assert s.env("production").driver.running_pid() == production_pid
+    assert served(s, "production") == OLD
+    assert s.env("production").adapter.fingerprint().digest == production_before
+    record = last_record(s)
+    assert record["outcome"] == "rejected"
+    assert "production untouched" in record["detail"]
+
+
+def _xcom(run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id,
+                                                 key="return_value").one()
+        return XComModel.deserialize_value(row)
