@@ -12,11 +12,12 @@ class ServerError(RuntimeError):
     """A platform server did not answer, or answered with an error; the message names the URL."""
 
 
-def request_json(method: str, url: str, body: dict | None = None, *, timeout: float = 30) -> Any:
+def request_json(method: str, url: str, body: dict | None = None, *, timeout: float = 30,
+                 headers: dict[str, str] | None = None) -> Any:
     """Send one request and decode the JSON answer."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             payload = response.read()

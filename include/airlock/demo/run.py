@@ -1,0 +1,215 @@
+"""`make demo`: upgrade two MLflow servers from 2.16.2 to 3.17.2 through a real Airflow.
+
+Starts MLflow staging and production (SQLite, local processes) with seeded data, starts
+`airflow standalone`, triggers the upgrade DAG through the REST API, answers the approval gate
+through the REST API as a person's tool would, prints each phase as it completes and the upgrade
+report, and stops everything it started, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from airlock import upgrade_log
+from airlock.config import load_target
+from airlock.demo import SEED_MLFLOW
+from airlock.drivers.process import ensure_platform_venv
+from airlock.environment import open_environment
+from airlock.http import ServerError, request_json, request_text
+
+OLD, NEW = "2.16.2", "3.17.2"
+TARGET = "mlflow_demo"
+DAG_ID = f"airlock_upgrade__{TARGET}"
+REPO = Path(__file__).resolve().parents[3]
+PORT = int(os.environ.get("AIRLOCK_DEMO_AIRFLOW_PORT", "8089"))
+API = f"http://127.0.0.1:{PORT}"
+PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
+          "production_upgrade", "conclude")
+DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
+
+
+def say(text: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def prepare_servers(data_dir: Path):
+    """Fresh staging and production on the old version, seeded by the old client."""
+    target = load_target(TARGET)
+    envs = [open_environment(target, name) for name in ("staging", "production")]
+    for env in envs:
+        env.driver.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    for version in (OLD, NEW):
+        say(f"MLflow {version}: virtualenv {ensure_platform_venv(envs[0].adapter, version)}")
+    for env in envs:
+        env.driver.start(OLD)
+        python = env.driver.venv_path(OLD) / "bin" / "python"
+        subprocess.run([str(python), str(SEED_MLFLOW), env.config.url], check=True, capture_output=True)
+        counts = env.adapter.fingerprint().counts
+        say(f"{env.name}: MLflow {env.adapter.server_version()} at {env.config.url}, seeded {counts}")
+    return target, envs
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # standalone starts `airflow ...` subcommands by name
+    return {**os.environ,
+            "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__API__PORT": str(PORT),
+            "AIRFLOW__API__BASE_URL": API,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{API}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
+
+
+def start_airflow(home: Path) -> subprocess.Popen:
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "standalone.log", "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], stdout=log,
+                               stderr=subprocess.STDOUT, env=airflow_env(home), start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"airflow standalone exited ({process.returncode}); see {home / 'standalone.log'}")
+        try:
+            request_text(f"{API}/api/v2/monitor/health", timeout=2)
+            say(f"Airflow is up at {API} (log: {home / 'standalone.log'})")
+            return process
+        except ServerError:
+            time.sleep(2)
+    raise RuntimeError(f"Airflow did not answer within 180 s; see {home / 'standalone.log'}")
+
+
+def stop_airflow(process: subprocess.Popen) -> None:
+    """airflow standalone stops cleanly only on SIGINT to itself; it then stops its children."""
+    for signum, grace in ((signal.SIGINT, 45), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            break
+        if signum == signal.SIGINT:
+            process.send_signal(signum)
+        else:
+            os.killpg(process.pid, signum)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # any worker left behind in the group
+
+
+class AirflowApi:
+    """The REST calls a person's tooling would make, authenticated as the admin user."""
+
+    def __init__(self, home: Path):
+        passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+        token = request_json("POST", f"{API}/auth/token", {"username": "admin", "password": passwords["admin"]})
+        self.headers = {"Authorization": f"Bearer {token['access_token']}"}
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        return request_json(method, f"{API}/api/v2{path}", body, headers=self.headers)
+
+
+def wait_for_dag(api: AirflowApi) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            api.call("GET", f"/dags/{DAG_ID}")
+            api.call("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+            return
+        except ServerError:
+            time.sleep(3)
+    raise RuntimeError(f"{DAG_ID} was not parsed within 180 s; check `airflow dags list-import-errors`")
+
+
+def follow_run(api: AirflowApi, run_id: str) -> str:
+    """Print tasks and phases as they finish; answer the gate; return the run's final state."""
+    seen: dict[str, str] = {}
+    phases_done: set[str] = set()
+    answered = False
+    while True:
+        tis = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+        states = {ti["task_id"]: ti["state"] or "none" for ti in tis}
+        for task_id, state in sorted(states.items()):
+            if state in DONE and seen.get(task_id) != state:
+                say(f"  {task_id}: {state}")
+            seen[task_id] = state
+        for phase in PHASES:
+            members = [s for t, s in states.items() if t.startswith(phase + ".")]
+            if phase not in phases_done and members and all(s in DONE for s in members):
+                phases_done.add(phase)
+                say(f"phase {phase} complete")
+        if not answered and states.get("uat.approval") == "awaiting_input":
+            answer_gate(api, run_id)
+            answered = True
+        run = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            return run["state"]
+        time.sleep(2)
+
+
+READING_SECONDS = 8
+"""A person reads the body before answering. Answering within a second of the task parking races
+Airflow 3.3's scheduler (it marks the gate FAILED: "state changed externally"); production then
+stays untouched, but the upgrade stops."""
+
+
+def answer_gate(api: AirflowApi, run_id: str) -> None:
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/uat.approval/-1/hitlDetails"
+    detail = api.call("GET", path)
+    say("The approval gate is waiting. Its body, as the approver sees it:")
+    print("\n".join("    " + line for line in (detail.get("body") or "").splitlines()), flush=True)
+    say(f"A person would click Approve in the UI: {API} → Browse → Required Actions.")
+    say(f"This demo answers through the same REST endpoint instead: PATCH /api/v2{path}")
+    time.sleep(READING_SECONDS)
+    answer = api.call("PATCH", path, {"chosen_options": ["Approve"], "params_input": {}})
+    say(f"Approved by {answer.get('responded_by_user', {}).get('name', 'admin')}")
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a killed demo still stops what it started
+    started = time.monotonic()
+    data_dir = Path(os.environ.setdefault("AIRLOCK_DATA_DIR", "/tmp/airlock-demo"))
+    os.environ.pop("AIRLOCK_TARGETS_FILE", None)  # the embedded default targets file
+    airflow = None
+    envs = []
+    try:
+        target, envs = prepare_servers(data_dir)
+        airflow = start_airflow(data_dir / "airflow-home")
+        api = AirflowApi(data_dir / "airflow-home")
+        wait_for_dag(api)
+        run = api.call("POST", f"/dags/{DAG_ID}/dagRuns",
+                       {"logical_date": None, "conf": {"target_version": NEW, "watch_seconds": 10}})
+        say(f"triggered {DAG_ID} run {run['dag_run_id']} with target_version={NEW}")
+        state = follow_run(api, run["dag_run_id"])
+        say(f"run finished: {state}")
+        print((Path(target.backup_location) / upgrade_log.MARKDOWN).read_text(), flush=True)
+        for env in envs:
+            say(f"{env.name} now serves MLflow {env.adapter.server_version()}")
+        say(f"demo took {time.monotonic() - started:.0f} s")
+        return 0 if state == "success" else 1
+    finally:
+        if airflow is not None:
+            stop_airflow(airflow)
+        for env in envs:
+            env.driver.stop()
+        say("stopped Airflow and both MLflow servers")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

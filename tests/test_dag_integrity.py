@@ -1,0 +1,86 @@
+"""The DAG files as Airflow's own parser sees them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import REPO
+
+PHASES = ["preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat", "production_upgrade",
+          "conclude"]
+IDEMPOTENT = {"preflight.plan", "backup_and_prepare.health_staging", "backup_and_prepare.backup_production",
+              "backup_and_prepare.inventory", "compatibility.prepare_versions", "staging_upgrade.backup",
+              "staging_upgrade.fingerprint", "production_upgrade.health", "production_upgrade.smoke"}
+CHANGES_A_SERVER = {"staging_upgrade.stop", "staging_upgrade.migrate", "production_upgrade.migrate",
+                    "production_upgrade.start", "conclude.rollback_production"}
+
+
+def dag_bag(monkeypatch, targets_file=None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if targets_file:
+        monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
+    else:
+        monkeypatch.delenv("AIRLOCK_TARGETS_FILE", raising=False)
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture
+def upgrade_dag(monkeypatch):
+    bag = dag_bag(monkeypatch)
+    assert bag.import_errors == {}
+    return bag.dags["airlock_upgrade__mlflow_demo"]
+
+
+def test_dag_files_import_without_errors(monkeypatch):
+    bag = dag_bag(monkeypatch)
+    assert bag.import_errors == {}
+    assert sorted(bag.dags) == ["airlock_upgrade__mlflow_demo"]
+
+
+def test_phases_are_task_groups_in_order(upgrade_dag):
+    groups = list(upgrade_dag.task_group.children)
+    assert groups == PHASES
+    order = [upgrade_dag.get_task(t) for t in ("preflight.plan", "backup_and_prepare.backup_production",
+                                               "compatibility.proceed", "staging_upgrade.drain", "uat.approval",
+                                               "production_upgrade.drain", "conclude.decide")]
+    for earlier, later in itertools.pairwise(order):
+        assert earlier.task_id in later.get_flat_relative_ids(upstream=True), (earlier.task_id, later.task_id)
+
+
+def test_environment_steps_run_in_the_safe_order(upgrade_dag):
+    for env in ("staging_upgrade", "production_upgrade"):
+        steps = ["drain", "stop", "backup", "migrate", "start", "health", "smoke", "fingerprint"]
+        for earlier, later in itertools.pairwise(steps):
+            assert f"{env}.{earlier}" in upgrade_dag.get_task(f"{env}.{later}").upstream_task_ids
+
+
+def test_retries_only_where_a_retry_is_safe(upgrade_dag):
+    assert all(upgrade_dag.get_task(t).retries > 0 for t in IDEMPOTENT)
+    assert all(upgrade_dag.get_task(t).retries == 0 for t in CHANGES_A_SERVER)
+
+
+def test_dag_settings_for_operators(upgrade_dag):
+    assert upgrade_dag.max_active_runs == 1
+    assert {"airlock", "platform:mlflow", "target:mlflow_demo"} <= set(upgrade_dag.tags)
+    params = upgrade_dag.params
+    assert params.get_param("mode").schema["enum"] == ["upgrade", "plan-only"]
+    assert params.get_param("target_version").value == "latest-patch"
+    assert all(params.get_param(name).description for name in params)
+    approval = upgrade_dag.get_task("uat.approval")
+    assert approval.assigned_users == [{"id": "admin", "name": "admin"}]
+    assert upgrade_dag.get_task("staging_upgrade.rollback_staging").trigger_rule == "one_failed"
+    assert upgrade_dag.get_task("conclude.report").trigger_rule == "all_done"
+
+
+def test_broken_targets_file_is_an_import_error_naming_file_target_and_field(monkeypatch, tmp_path):
+    good = (REPO / "include" / "targets.yaml").read_text()
+    broken = tmp_path / "targets.yaml"
+    broken.write_text(good.replace("kind: sqlite", "kind: sqlite3", 1))
+    bag = dag_bag(monkeypatch, broken)
+    assert bag.dags == {}
+    (path, error), = bag.import_errors.items()
+    assert path.endswith("dags/airlock_upgrade.py")
+    assert str(broken) in error
+    assert "target 'mlflow_demo': environments.staging.database.kind: must be one of mysql, sqlite" in error

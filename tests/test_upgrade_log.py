@@ -1,0 +1,55 @@
+"""Outcomes and the upgrade log, from the task results a run leaves behind."""
+
+from airlock import upgrade_log
+from airlock.upgrade_log import build_record, decide_outcome
+
+PLAN = {"from": "2.16.2", "to": "3.17.2", "production": {"change": "major", "description": "2.16.2 → 3.17.2"}}
+
+
+def timed(start, end, **extra):
+    return {"_started_at": f"2026-11-23T10:{start}+00:00", "_finished_at": f"2026-11-23T10:{end}+00:00", **extra}
+
+
+def test_each_way_a_run_can_end_has_its_own_outcome():
+    base = {"preflight.plan": PLAN}
+    assert decide_outcome({})[0] == "failed"
+    assert decide_outcome({**base, "conclude.finish": {"finished": True}})[0] == "upgraded"
+    rejected = decide_outcome({**base, "uat.approval": {"chosen_options": ["Reject"],
+                                                         "responded_by_user": {"id": "al", "name": "Al"}}})
+    assert rejected == ("rejected", "rejected at the UAT gate by Al: production untouched")
+    assert decide_outcome({**base, "staging_upgrade.rollback_staging": {"rolled_back": True}})[0] == "staging_failed"
+    assert decide_outcome({**base, "conclude.rollback_production": {"rolled_back": True, "version": "2.16.2"}})[0] \
+        == "rolled_back"
+    assert decide_outcome({**base, "conclude.decide": "conclude.rollback_production"})[0] == "rollback_failed"
+    assert decide_outcome({**base, "compatibility.proceed": False})[0] == "planned"
+    noop = {"preflight.plan": {**PLAN, "production": {"change": "none", "description": "already at 3.17.2"}}}
+    assert decide_outcome(noop)[0] == "nothing_to_do"
+
+
+def test_record_measures_phases_and_production_downtime():
+    results = {
+        "preflight.plan": {**PLAN, **timed("00:00", "00:02")},
+        "staging_upgrade.stop": timed("01:00", "01:05"),
+        "staging_upgrade.fingerprint": timed("01:30", "01:40"),
+        "production_upgrade.stop": timed("05:00", "05:04", last_answered_at="2026-11-23T10:05:01+00:00"),
+        "production_upgrade.health": timed("05:30", "05:31", healthy_at="2026-11-23T10:05:31+00:00"),
+        "conclude.finish": {"finished": True, **timed("06:00", "06:01")},
+        "uat.approval": {"chosen_options": ["Approve"], "responded_by_user": {"id": "alice", "name": "Alice"}},
+    }
+    record = build_record("team_a", "run-1", "2026-11-23T10:00:00+00:00", results)
+    assert record["outcome"] == "upgraded" and record["approver"] == "Alice"
+    assert record["production_downtime_seconds"] == 30.0
+    assert record["phase_seconds"] == {"preflight": 2.0, "staging_upgrade": 40.0, "production_upgrade": 31.0,
+                                       "conclude": 1.0}
+
+
+def test_log_keeps_one_line_per_run_and_renders_markdown(tmp_path):
+    first = {"date": "2026-11-23T10:00:00+00:00", "target": "t", "run_id": "r1", "from": "1.0.0", "to": "1.0.1",
+             "outcome": "failed", "phase_seconds": {"preflight": 1.0}, "production_downtime_seconds": None}
+    upgrade_log.append(tmp_path, first)
+    upgrade_log.append(tmp_path, {**first, "outcome": "upgraded", "approver": "al",
+                                  "production_downtime_seconds": 12.5})  # a retried report
+    upgrade_log.append(tmp_path, {**first, "run_id": "r2", "outcome": "rejected"})
+    assert [r["outcome"] for r in upgrade_log.read(tmp_path)] == ["upgraded", "rejected"]
+    markdown = (tmp_path / upgrade_log.MARKDOWN).read_text()
+    assert "| 2026-11-23T10:00:00+00:00 | t | 1.0.0 → 1.0.1 | upgraded | no | al | 12.5 s | preflight 1 |" in markdown
