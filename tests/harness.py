@@ -6,7 +6,6 @@ The DAG runs under `dag.test()`; the approval gate is answered through Airflow's
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -111,7 +110,6 @@ def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None 
     """Trigger the DAG like an operator would (with params) and answer its gate; return the run."""
     from airlock.dag_factory import build_upgrade_dags
 
-    os.environ["AIRLOCK_TARGETS_FILE"] = str(targets_file)
     dag = build_upgrade_dags(str(targets_file))[dag_id]
     answerer = GateAnswerer(dag_id, answer)
     answerer.start()

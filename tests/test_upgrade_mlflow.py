@@ -7,7 +7,6 @@ version served, the data (fingerprints), production untouched, what the upgrade 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from airlock import upgrade_log
 from airlock.http import request_json
 from airlock.platforms.mlflow import MlflowAdapter
 from harness import CONN_ID, NEW, OLD, make_scenario, run_upgrade, start_and_seed, stop_all, task_states, write_targets
-from services import connection_uri_for_airflow
+from services import TEST_PASSWORD, connection_uri_for_airflow
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +25,15 @@ pytestmark = pytest.mark.integration
 def world(tmp_path_factory, airflow_db, mlflow_venvs):
     root = tmp_path_factory.mktemp("upgrade")
     scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i)
-                 for i, name in enumerate(["happy", "broken_staging", "rejected"])}
+                 for i, name in enumerate(["happy", "broken_staging", "rejected", "broken_production"])}
     targets_file = root / "targets.yaml"
-    os.environ["AIRLOCK_TARGETS_FILE"] = str(targets_file)
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = connection_uri_for_airflow()
     write_targets(targets_file, list(scenarios.values()))
-    yield scenarios, targets_file
-    for scenario in scenarios.values():
-        stop_all(scenario)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
+        patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
+        yield scenarios, targets_file
+        for scenario in scenarios.values():
+            stop_all(scenario)
 
 
 def fingerprints(scenario) -> dict[str, str]:
@@ -48,7 +48,22 @@ def last_record(scenario) -> dict:
     return upgrade_log.read(scenario.root / "backups")[-1]
 
 
-def test_upgrade_reaches_both_environments_with_data_unchanged(world):
+def secrets_leaked(run, scenario, captured: str) -> list[str]:
+    """Places where the database password shows up: task output, XCom, Airlock's files."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    places = ["task output"] if TEST_PASSWORD in captured else []
+    with create_session() as session:
+        places += [f"xcom {row.task_id}" for row in session.query(XComModel).filter_by(run_id=run.run_id)
+                   if TEST_PASSWORD in str(XComModel.deserialize_value(row))]
+    for path in scenario.root.rglob("*"):
+        if path.is_file() and path.suffix != ".zst" and TEST_PASSWORD.encode() in path.read_bytes():
+            places.append(str(path))
+    return places
+
+
+def test_upgrade_reaches_both_environments_with_data_unchanged(world, capfd, caplog):
     scenarios, targets_file = world
     s = scenarios["happy"]
     start_and_seed(s)
@@ -71,6 +86,10 @@ def test_upgrade_reaches_both_environments_with_data_unchanged(world):
     assert s.env("staging").store.in_progress() is None
     markdown = (s.root / "backups" / "upgrade-log.md").read_text()
     assert f"| happy | {OLD} → {NEW} | upgraded | no |" in markdown
+    out, err = capfd.readouterr()
+    captured = out + err + caplog.text
+    assert "production_upgrade.migrate" in captured  # the task output really was captured
+    assert secrets_leaked(run, s, captured) == []
 
 
 def test_failed_staging_migration_rolls_staging_back_and_never_touches_production(world):
@@ -142,6 +161,34 @@ def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(w
     record = last_record(s)
     assert record["outcome"] == "rejected"
     assert "production untouched" in record["detail"]
+
+
+def test_failed_production_migration_restores_the_old_release_and_the_exact_data(world):
+    scenarios, targets_file = world
+    s = scenarios["broken_production"]
+    start_and_seed(s)
+    production_db = s.databases["production"]
+    with production_db.connect() as conn:  # only production has the table a 3.x migration creates
+        production_db.query(conn, "CREATE TABLE webhooks (id INT PRIMARY KEY)")
+    before = fingerprints(s)
+    production_tables = production_db.table_stats()
+
+    run, gate = run_upgrade("airlock_upgrade__broken_production", targets_file,
+                            {"target_version": NEW, "watch_seconds": 3}, answer="Approve")
+
+    states = task_states(run)
+    assert gate.response["status"] == 200
+    assert states["production_upgrade.migrate"] == "failed", states
+    assert states["conclude.rollback_production"] == "success", states
+    assert str(run.state) == "failed"  # a rollback is never a green run
+    assert served(s, "production") == OLD
+    assert production_db.table_stats() == production_tables  # the half-migrated schema is gone
+    assert fingerprints(s)["production"] == before["production"]
+    assert served(s, "staging") == NEW
+    record = last_record(s)
+    assert (record["outcome"], record["rolled_back"]) == ("rolled_back", True)
+    assert record["production_downtime_seconds"] > 0
+    assert s.env("production").store.in_progress() is None
 
 
 def _xcom(run, task_id: str):

@@ -19,7 +19,7 @@ from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
 from airlock.environment import open_environment
 from airlock.operators import DrainSensor, UpgradeApprovalOperator
-from airlock.versions import LATEST_PATCH
+from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
 """For tasks that only read or that are idempotent by construction."""
@@ -51,7 +51,7 @@ def params(target: TargetConfig) -> dict[str, Param]:
             LATEST_PATCH, type="string", title="Target version",
             description=f"The {target.platform} release to upgrade to, e.g. 3.17.2, or 'latest-patch' for the "
                         "newest patch of the running minor release.",
-            pattern=r"^(latest-patch|[0-9]+\.[0-9]+\.[0-9]+)$", examples=[LATEST_PATCH]),
+            pattern=TARGET_VERSION_PATTERN, examples=[LATEST_PATCH]),
         "mode": Param(
             "upgrade", type="string", enum=["upgrade", "plan-only"], title="Mode",
             description="'plan-only' runs preflight, backups and compatibility checks, then stops before "
@@ -67,7 +67,18 @@ def params(target: TargetConfig) -> dict[str, Param]:
     }
 
 
-def environment_steps(target: TargetConfig, name: str, plan) -> tuple[list, object]:
+def step_task(task_id: str, call, *inputs, retry: dict = NO_RETRY, **options):
+    """A task that runs one step: `call` gets the task's inputs (upstream results) and its result
+    is stamped with start and end times."""
+
+    @task(task_id=task_id, **retry, **options)
+    def run_step(*args):
+        return timed(call)(*args)
+
+    return run_step(*inputs)
+
+
+def environment_steps(target: TargetConfig, name: str, plan) -> list:
     """drain → stop → backup → migrate → start → health → smoke → fingerprint, for one environment."""
 
     def env():
@@ -78,46 +89,19 @@ def environment_steps(target: TargetConfig, name: str, plan) -> tuple[list, obje
         timeout_minutes="{{ params.drain_timeout_minutes }}",
         poll_interval=target.drain.poll_interval_seconds,
         stale_after_minutes=target.drain.stale_after_minutes, **NO_RETRY)
-
-    @task(task_id="stop", **NO_RETRY)
-    @timed
-    def stop(plan_: dict):
-        return steps.freeze(env(), run_id(), plan_)
-
-    @task(task_id="backup", **RETRY)
-    @timed
-    def final_backup():
-        return steps.final_backup(env(), run_id())
-
-    @task(task_id="migrate", **NO_RETRY)
-    @timed
-    def migrate():
-        return steps.migrate(env(), run_id())
-
-    @task(task_id="start", **NO_RETRY)
-    @timed
-    def start():
-        return steps.start(env(), run_id())
-
-    @task(task_id="health", **RETRY)
-    @timed
-    def health(plan_: dict):
-        return steps.check_health(env(), plan_)
-
-    @task(task_id="smoke", **RETRY)
-    @timed
-    def smoke():
-        return steps.smoke(env())
-
-    @task(task_id="fingerprint", **RETRY)
-    @timed
-    def fingerprint():
-        return steps.verify_fingerprint(env(), run_id())
-
-    chain = [drain, stop(plan), final_backup(), migrate(), start(), health(plan), smoke(), fingerprint()]
+    chain = [
+        drain,
+        step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
+        step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
+        step_task("migrate", lambda: steps.migrate(env(), run_id())),
+        step_task("start", lambda: steps.start(env(), run_id())),
+        step_task("health", lambda plan_: steps.check_health(env(), plan_), plan, retry=RETRY),
+        step_task("smoke", lambda: steps.smoke(env()), retry=RETRY),
+        step_task("fingerprint", lambda: steps.verify_fingerprint(env(), run_id()), retry=RETRY),
+    ]
     for upstream, downstream in itertools.pairwise(chain):
         upstream >> downstream
-    return chain, chain[-1]
+    return chain
 
 
 def build_upgrade_dag(target: TargetConfig) -> DAG:
@@ -140,90 +124,44 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
         production_env = functools.partial(open_environment, target, "production")
 
         with TaskGroup("preflight"):
-            @task(task_id="validate", **NO_RETRY)
-            @timed
-            def validate():
-                context = get_current_context()
-                return steps.validate(target, [staging_env(), production_env()], context["params"], run_id())
-
-            @task(task_id="plan", **RETRY)
-            @timed
-            def plan(validated: dict):
-                return steps.plan(target, staging_env(), production_env(), validated["requested"])
-
-            planned = plan(validate())
+            validated = step_task("validate", lambda: steps.validate(
+                target, [staging_env(), production_env()], get_current_context()["params"], run_id()))
+            planned = step_task("plan", lambda checked: steps.plan(
+                target, staging_env(), production_env(), checked["requested"]), validated, retry=RETRY)
 
         with TaskGroup("backup_and_prepare"):
-            @task(task_id="health_staging", **RETRY)
-            @timed
-            def health_staging():
-                return steps.health(staging_env())
-
-            @task(task_id="health_production", **RETRY)
-            @timed
-            def health_production():
-                return steps.health(production_env())
-
-            @task(task_id="backup_staging", **RETRY)
-            @timed
-            def backup_staging(plan_: dict):
-                return steps.backup(staging_env(), steps.PREPARE, run_id(), plan_["staging"]["current"])
-
-            @task(task_id="backup_production", **RETRY)
-            @timed
-            def backup_production(plan_: dict):
-                return steps.backup(production_env(), steps.PREPARE, run_id(), plan_["production"]["current"])
-
-            @task(task_id="inventory", **RETRY)
-            @timed
-            def inventory():
-                return steps.inventory([staging_env(), production_env()])
-
-            checked = [health_staging(), health_production()]
-            staging_backup, production_backup = backup_staging(planned), backup_production(planned)
-            running = inventory()
+            checked = [step_task("health_staging", lambda: steps.health(staging_env()), retry=RETRY),
+                       step_task("health_production", lambda: steps.health(production_env()), retry=RETRY)]
+            prepared = [
+                step_task("backup_staging", lambda plan_: steps.backup(
+                    staging_env(), steps.PREPARE, run_id(), plan_["staging"]["current"]), planned, retry=RETRY),
+                step_task("backup_production", lambda plan_: steps.backup(
+                    production_env(), steps.PREPARE, run_id(), plan_["production"]["current"]), planned,
+                    retry=RETRY),
+                step_task("inventory", lambda: steps.inventory([staging_env(), production_env()]), retry=RETRY),
+            ]
             planned >> checked
-            checked >> staging_backup
-            checked >> production_backup
-            checked >> running
+            for health_check in checked:
+                health_check >> prepared
 
         with TaskGroup("compatibility"):
-            @task(task_id="prepare_versions", **RETRY)
-            @timed
-            def prepare_versions(plan_: dict):
-                return steps.prepare_versions(production_env(), plan_)
-
-            @task(task_id="client_compatibility", **RETRY)
-            @timed
-            def client_compatibility(plan_: dict):
-                return steps.client_compatibility(plan_)
-
             @task.short_circuit(task_id="proceed", ignore_downstream_trigger_rules=False, **NO_RETRY)
             def proceed():
                 return get_current_context()["params"]["mode"] == "upgrade"
 
-            prepared_versions = prepare_versions(planned)
             go = proceed()
-            [staging_backup, production_backup, running, prepared_versions,
-             client_compatibility(planned)] >> go
+            [*prepared,
+             step_task("prepare_versions", lambda plan_: steps.prepare_versions(production_env(), plan_), planned,
+                       retry=RETRY),
+             step_task("client_compatibility", steps.client_compatibility, planned, retry=RETRY)] >> go
 
         with TaskGroup("staging_upgrade"):
-            staging_chain, staging_done = environment_steps(target, "staging", planned)
-
-            @task(task_id="rollback_staging", trigger_rule="one_failed", **NO_RETRY)
-            @timed
-            def rollback_staging():
-                return steps.rollback(staging_env(), run_id())
-
-            @task(task_id="finish_staging", **NO_RETRY)
-            @timed
-            def finish_staging():
-                return steps.finish(staging_env(), run_id())
-
+            staging_chain = environment_steps(target, "staging", planned)
             go >> staging_chain[0]
-            staging_chain >> rollback_staging()
-            staging_finished = finish_staging()
-            staging_done >> staging_finished
+            staging_chain >> step_task("rollback_staging", lambda: steps.rollback(staging_env(), run_id()),
+                                       trigger_rule="one_failed")
+            staging_finished = step_task("finish_staging", lambda: steps.finish(staging_env(), run_id()))
+            staging_chain[-1] >> staging_finished
 
         with TaskGroup("uat"):
             @task(task_id="summary", **RETRY)
@@ -249,17 +187,11 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             staging_finished >> summary(planned) >> approval
 
         with TaskGroup("production_upgrade"):
-            production_chain, production_done = environment_steps(target, "production", planned)
-
-            @task(task_id="watch", **NO_RETRY)
-            @timed
-            def watch(plan_: dict):
-                seconds = float(get_current_context()["params"]["watch_seconds"])
-                return steps.watch(production_env(), plan_, seconds)
-
+            production_chain = environment_steps(target, "production", planned)
             approval >> production_chain[0]
-            watched = watch(planned)
-            production_done >> watched
+            watched = step_task("watch", lambda plan_: steps.watch(
+                production_env(), plan_, float(get_current_context()["params"]["watch_seconds"])), planned)
+            production_chain[-1] >> watched
 
         with TaskGroup("conclude"):
             @task.branch(task_id="decide", trigger_rule="all_done", **NO_RETRY)
@@ -270,16 +202,6 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 if ti.xcom_pull(task_ids="production_upgrade.watch"):
                     return "conclude.finish"
                 return "conclude.rollback_production"
-
-            @task(task_id="finish", **NO_RETRY)
-            @timed
-            def finish():
-                return steps.finish(production_env(), run_id())
-
-            @task(task_id="rollback_production", **NO_RETRY)
-            @timed
-            def rollback_production():
-                return steps.rollback(production_env(), run_id())
 
             @task(task_id="report", trigger_rule="all_done", **NO_RETRY)
             def report():
@@ -297,9 +219,11 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                                                f"{record['detail']} (upgrade log: {table})")
                 return record
 
+            finished = step_task("finish", lambda: steps.finish(production_env(), run_id()))
+            rolled_back = step_task("rollback_production", lambda: steps.rollback(production_env(), run_id()))
+            reported = report()
             branch = decide()
             watched >> branch
-            finished, rolled_back, reported = finish(), rollback_production(), report()
             branch >> [finished, rolled_back, reported]
             [finished, rolled_back] >> reported
     return dag

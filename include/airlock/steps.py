@@ -19,7 +19,7 @@ from airlock.backups import (
 )
 from airlock.config import TargetConfig
 from airlock.environment import Environment
-from airlock.versions import LATEST_PATCH, PlanError, parse_version, plan_upgrade
+from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
 PREPARE, FINAL = "prepare", "final"
 
@@ -37,11 +37,7 @@ def marker_of_run(env: Environment, run_id: str) -> dict | None:
 # -- preflight ----------------------------------------------------------------------------------
 def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id: str) -> dict:
     """Check the trigger's params and that no other upgrade left an environment half-done."""
-    requested = str(params.get("target_version") or "").strip()
-    if not requested:
-        raise PlanError("param target_version is empty: give a version such as 3.17.2 or 'latest-patch'")
-    if requested != LATEST_PATCH:
-        parse_version(requested, what="param target_version")
+    requested = check_requested(params.get("target_version"))
     for env in envs:
         marker = env.store.in_progress()
         if marker and marker.get("run_id") != run_id:

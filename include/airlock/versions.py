@@ -6,12 +6,15 @@ decides whether an upgrade from one to another is allowed and which steps it tak
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from packaging.version import InvalidVersion, Version
 
 LATEST_PATCH = "latest-patch"
+TARGET_VERSION_PATTERN = r"^(latest-patch|[0-9]+\.[0-9]+\.[0-9]+)$"
+"""What the trigger form accepts as a target version: a full release number or latest-patch."""
 
 
 class PlanError(ValueError):
@@ -108,6 +111,15 @@ def latest_per_minor(versions: list[Version]) -> dict[tuple[int, int], Version]:
         if key not in latest or version > latest[key]:
             latest[key] = version
     return latest
+
+
+def check_requested(requested: str) -> str:
+    """The operator's target_version, refused early unless it is x.y.z or latest-patch."""
+    text = str(requested or "").strip()
+    if not re.match(TARGET_VERSION_PATTERN, text):
+        raise PlanError(f"param target_version {text!r} must be a full release number such as 3.17.2, "
+                        f"or {LATEST_PATCH!r}")
+    return text
 
 
 def resolve_target(requested: str, current: Version, published: list[str]) -> Version:
