@@ -29,14 +29,14 @@ def ensure_test_user() -> None:
     conn.close()
 
 
-def new_database(prefix: str) -> MysqlDatabase:
+def new_database(prefix: str, tool: str | None = None) -> MysqlDatabase:
     ensure_test_user()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     conn = admin_connection()
     with conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     conn.close()
-    return MysqlDatabase(MysqlParams("127.0.0.1", 3306, TEST_USER, TEST_PASSWORD, name))
+    return MysqlDatabase(MysqlParams("127.0.0.1", 3306, TEST_USER, TEST_PASSWORD, name), tool)
 
 
 def connection_uri_for_airflow() -> str:

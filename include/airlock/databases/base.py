@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger("airlock.backup")
 
 
 class DatabaseError(RuntimeError):
@@ -82,3 +89,28 @@ def run_checked(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise DatabaseError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+
+
+@contextmanager
+def progress_log(directory: Path, tables: int, what: str, every: float = 5.0) -> Iterator[None]:
+    """Log how far a dump is (bytes written, rate, tables done) every few seconds."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(every):
+            files = [p for p in directory.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            started_tables = sum(p.name.endswith("-schema.sql") for p in files)
+            seconds = time.monotonic() - started
+            tables_text = f", {started_tables} of {tables} tables started" if started_tables else ""
+            log.info("dumping %s: %.1f MB written, %.1f MB/s%s", what, size / 1e6, size / 1e6 / seconds,
+                     tables_text)
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -1,0 +1,153 @@
+"""Backup and restore speed: the vendors' guide method against Airlock, in one run, same data.
+
+Generates a MariaDB database of about 250 MB (four InnoDB tables of random base64 text), then
+times (a) `mysqldump --single-transaction | gzip > file` and `gunzip -c file | mysql` and (b)
+Airlock's backup (consistent dump with manifest and checksums, into the local store) and its
+restore (without the verification restore), and samples the peak memory of Airlock's backup
+(the Python process and every tool it starts). Last line: `backup speedup X.Xx, restore speedup Y.Yx`.
+
+    .venv/bin/python bench/backup.py [--mb 250] [--host 127.0.0.1 --port 3306 --user root]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import MySQLdb
+
+from airlock.backups import LocalBackupStore, take_backup
+from airlock.databases.mysql import MysqlDatabase, MysqlParams
+
+TABLES = 4
+ROW_BYTES = 300  # id, a 64-char key, two blocks of base64 text
+
+
+def generate(conn, database: str, megabytes: int) -> None:
+    rows_per_table = megabytes * 1_000_000 // ROW_BYTES // TABLES
+    cursor = conn.cursor()
+    cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    cursor.execute(f"CREATE DATABASE `{database}`")
+    cursor.execute(f"USE `{database}`")  # the seq_1_to_N sequence tables need a current database
+    for n in range(TABLES):
+        cursor.execute(f"CREATE TABLE `{database}`.t{n} (id INT PRIMARY KEY, k CHAR(64), "
+                       "body TEXT, note VARCHAR(120)) ENGINE=InnoDB")
+        cursor.execute(f"INSERT INTO `{database}`.t{n} SELECT seq, SHA2(RAND(), 256), "
+                       "TO_BASE64(RANDOM_BYTES(120)), TO_BASE64(RANDOM_BYTES(60)) "
+                       f"FROM seq_1_to_{rows_per_table}")
+    conn.commit()
+
+
+def data_megabytes(conn, database: str) -> float:
+    cursor = conn.cursor()
+    cursor.execute("SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s", (database,))
+    return float(cursor.fetchone()[0]) / 1e6
+
+
+def timed(action) -> float:
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def shell_free_pipeline(first: list[str], second: list[str], stdin=None, stdout=None) -> None:
+    """first | second, as two processes (no shell), failing loudly on either's error."""
+    a = subprocess.Popen(first, stdin=stdin, stdout=subprocess.PIPE)
+    b = subprocess.Popen(second, stdin=a.stdout, stdout=stdout)
+    a.stdout.close()
+    if b.wait() != 0 or a.wait() != 0:
+        raise RuntimeError(f"{first[0]} | {second[0]} failed ({a.returncode}, {b.returncode})")
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and all its descendants."""
+
+    def __init__(self):
+        self.peak = 0
+        self.done = threading.Event()
+
+    def tree_rss(self) -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+                rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            total += rss.get(pid, 0)
+            todo.extend(children.get(pid, []))
+        return total
+
+    def sample(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, self.tree_rss())
+
+    def __enter__(self):
+        threading.Thread(target=self.sample, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=250)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3306)
+    parser.add_argument("--user", default="root")
+    parser.add_argument("--password", default=os.environ.get("BENCH_MYSQL_PASSWORD", ""))
+    args = parser.parse_args()
+    source, target = "airlock_bench_source", "airlock_bench_restore"
+    conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
+    print(f"generating about {args.mb} MB in {source} ...", flush=True)
+    generate(conn, source, args.mb)
+    print(f"source: {data_megabytes(conn, source):.0f} MB of InnoDB data in {TABLES} tables", flush=True)
+    params = MysqlParams(args.host, args.port, args.user, args.password, source)
+    db, restored = MysqlDatabase(params), MysqlDatabase(MysqlParams(args.host, args.port, args.user,
+                                                                    args.password, target))
+    auth = [f"--host={args.host}", f"--port={args.port}", f"--user={args.user}"]
+    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as work, db.defaults_file() as cnf:
+        dump = Path(work) / "guide.sql.gz"
+        creds = [f"--defaults-extra-file={cnf}"]
+        with open(dump, "wb") as out:
+            guide_backup = timed(lambda: shell_free_pipeline(
+                ["mysqldump", *creds, "--single-transaction", source], ["gzip"], stdout=out))
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{target}`")
+        conn.cursor().execute(f"CREATE DATABASE `{target}`")
+        guide_restore = timed(lambda: shell_free_pipeline(["gunzip", "-c", str(dump)], ["mysql", *creds, target]))
+        store = LocalBackupStore(Path(work) / "store", "bench", "production")
+        meta = {"target": "bench", "environment": "production", "purpose": "bench", "run_id": "bench",
+                "platform": "mlflow", "platform_version": "0"}
+        with PeakMemory() as memory:
+            airlock_backup = timed(lambda: take_backup(db, store, "b1", meta))
+        manifest = store.manifest("b1")
+        airlock_restore = timed(lambda: restored.load(store.path("b1"), manifest.facts))
+        same = restored.table_stats() == manifest.tables
+        airlock_bytes = sum(f["bytes"] for f in manifest.files.values())
+        print(f"guide   backup  (mysqldump --single-transaction | gzip): {guide_backup:6.1f} s, "
+              f"{dump.stat().st_size / 1e6:.0f} MB")
+        print(f"airlock backup  ({manifest.facts['tool']} + zstd, manifest with checksums): {airlock_backup:6.1f} s, "
+              f"{airlock_bytes / 1e6:.0f} MB, peak memory {memory.peak / 1e6:.0f} MB (process tree)")
+        print(f"guide   restore (gunzip | mysql): {guide_restore:6.1f} s")
+        print(f"airlock restore ({'myloader' if manifest.facts['tool'] == 'mydumper' else 'mysql'}, no verification): "
+              f"{airlock_restore:6.1f} s, restored data equal to the manifest: {same}")
+    for name in (source, target):
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+    print(f"backup speedup {guide_backup / airlock_backup:.1f}x, restore speedup {guide_restore / airlock_restore:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
