@@ -82,6 +82,7 @@ class GateAnswerer(threading.Thread):
         super().__init__(daemon=True)
         self.dag_id, self.answer, self.timeout = dag_id, answer, timeout
         self.response: dict | None = None
+        self.body = ""
         self.error: str | None = None
         self.stop_event = threading.Event()
 
@@ -95,7 +96,7 @@ class GateAnswerer(threading.Thread):
             pending = client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails").json()
             waiting = [d for d in pending.get("hitl_details", []) if d.get("response_received") is False]
             if waiting:
-                ti = waiting[0]["task_instance"]
+                ti, self.body = waiting[0]["task_instance"], waiting[0].get("body") or ""
                 answer = client.patch(
                     f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
                     f"{ti['task_id']}/{ti['map_index']}/hitlDetails",

@@ -7,6 +7,8 @@ version served, the data (fingerprints), production untouched, what the upgrade 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db, mlflow_venvs):
     root = tmp_path_factory.mktemp("upgrade")
-    scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i)
-                 for i, name in enumerate(["happy", "broken_staging", "rejected", "broken_production"])}
+    names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails"]
+    scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i) for i, name in enumerate(names)}
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
     with pytest.MonkeyPatch.context() as patch:
@@ -75,6 +77,8 @@ def test_upgrade_reaches_both_environments_with_data_unchanged(world, capfd, cap
     states = task_states(run)
     assert str(run.state) == "success", states
     assert gate.response["status"] == 200, gate.response
+    assert "Estimated production downtime: about" in gate.body
+    assert "migration (rehearsed on a copy of production)" in gate.body
     assert served(s, "staging") == served(s, "production") == NEW
     assert fingerprints(s) == before
     record = last_record(s)
@@ -163,32 +167,78 @@ def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(w
     assert "production untouched" in record["detail"]
 
 
-def test_failed_production_migration_restores_the_old_release_and_the_exact_data(world):
+def test_rehearsal_failure_stops_the_upgrade_before_any_server_is_touched(world):
     scenarios, targets_file = world
-    s = scenarios["broken_production"]
+    s = scenarios["rehearsal_fails"]
     start_and_seed(s)
     production_db = s.databases["production"]
-    with production_db.connect() as conn:  # only production has the table a 3.x migration creates
+    with production_db.connect() as conn:  # production holds a table that a 3.x migration creates
         production_db.query(conn, "CREATE TABLE webhooks (id INT PRIMARY KEY)")
+    pids = {env: s.env(env).driver.running_pid() for env in ("staging", "production")}
     before = fingerprints(s)
-    production_tables = production_db.table_stats()
 
-    run, gate = run_upgrade("airlock_upgrade__broken_production", targets_file,
-                            {"target_version": NEW, "watch_seconds": 3}, answer="Approve")
+    run, gate = run_upgrade("airlock_upgrade__rehearsal_fails", targets_file,
+                            {"target_version": NEW, "watch_seconds": 3}, answer=None)
 
     states = task_states(run)
+    assert states["compatibility.rehearse_migration"] == "failed", states
+    assert states["staging_upgrade.stop"] in ("upstream_failed", "skipped"), states
+    assert gate.response is None
+    assert {env: s.env(env).driver.running_pid() for env in pids} == pids  # nothing was stopped
+    assert served(s, "staging") == served(s, "production") == OLD
+    assert fingerprints(s) == before
+    with production_db.connect(database=None) as conn:  # the rehearsal's scratch copy is gone
+        assert production_db.query(conn, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
+                                         "WHERE SCHEMA_NAME LIKE 'airlock_verify_rehearsal%%'") == []
+    assert last_record(s)["outcome"] == "failed"
+
+
+def test_crash_after_the_upgrade_restores_the_old_release_and_the_exact_data(world):
+    scenarios, targets_file = world
+    s = scenarios["crash_after_upgrade"]
+    start_and_seed(s)
+    before = fingerprints(s)
+    production = s.env("production")
+    production_tables = s.databases["production"].table_stats()
+    crashed: list[int] = []
+
+    def crash_new_production_server_during_the_watch():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not crashed:
+            if _task_state("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch") == "running":
+                pid = production.driver.running_pid()
+                os.killpg(pid, signal.SIGKILL)
+                crashed.append(pid)
+            time.sleep(0.5)
+
+    threading.Thread(target=crash_new_production_server_during_the_watch, daemon=True).start()
+    run, gate = run_upgrade("airlock_upgrade__crash_after_upgrade", targets_file,
+                            {"target_version": NEW, "watch_seconds": 60}, answer="Approve")
+
+    states = task_states(run)
+    assert crashed, "the production server was never crashed"
     assert gate.response["status"] == 200
-    assert states["production_upgrade.migrate"] == "failed", states
+    assert states["production_upgrade.migrate"] == "success", states
+    assert states["production_upgrade.watch"] == "failed", states
     assert states["conclude.rollback_production"] == "success", states
     assert str(run.state) == "failed"  # a rollback is never a green run
     assert served(s, "production") == OLD
-    assert production_db.table_stats() == production_tables  # the half-migrated schema is gone
+    assert s.databases["production"].table_stats() == production_tables  # the migrated schema is gone
     assert fingerprints(s)["production"] == before["production"]
     assert served(s, "staging") == NEW
     record = last_record(s)
     assert (record["outcome"], record["rolled_back"]) == ("rolled_back", True)
     assert record["production_downtime_seconds"] > 0
-    assert s.env("production").store.in_progress() is None
+    assert production.store.in_progress() is None
+
+
+def _task_state(dag_id: str, task_id: str) -> str | None:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id=task_id).first()
+        return str(ti.state) if ti and ti.state else None
 
 
 def _xcom(run, task_id: str):

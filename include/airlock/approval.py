@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 
-def approval_body(target: str, plan: dict, staging: dict, backups: dict, inventory: dict) -> str:
+def downtime_estimate(rehearsal: dict | None, staging_start: dict | None) -> dict | None:
+    """Production downtime = final backup + its verification + migration (as rehearsed on a copy
+    of production) + start (as measured on staging)."""
+    if not rehearsal or "migration_seconds" not in rehearsal:
+        return None
+    parts = {"backup": rehearsal["backup_seconds"], "verification": rehearsal["verify_seconds"],
+             "migration (rehearsed on a copy of production)": rehearsal["migration_seconds"],
+             "start (as on staging)": (staging_start or {}).get("seconds_to_healthy", 0.0)}
+    return {"seconds": round(sum(parts.values()), 1), "parts": parts}
+
+
+def approval_body(target: str, plan: dict, staging: dict, backups: dict, inventory: dict,
+                  downtime: dict | None = None) -> str:
     """Markdown for the approval form; built from task results, never from secrets."""
     lines = [
         f"## Upgrade {target}: {plan['from']} → {plan['to']}",
@@ -19,6 +31,9 @@ def approval_body(target: str, plan: dict, staging: dict, backups: dict, invento
     ]
     lines += [f"- {name}: `{b.get('backup_id')}` ({b.get('tables')} tables, {b.get('rows')} rows) at "
               f"`{b.get('location')}`" for name, b in backups.items()]
+    if downtime:
+        parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in downtime["parts"].items())
+        lines += ["", f"### Estimated production downtime: about {downtime['seconds']:.0f} s", f"({parts})"]
     running = inventory.get("production") or []
     lines += [
         "",

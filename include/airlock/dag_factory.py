@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock import steps, upgrade_log
-from airlock.approval import approval_body
+from airlock.approval import approval_body, downtime_estimate
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
 from airlock.environment import open_environment
@@ -150,10 +150,13 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 return get_current_context()["params"]["mode"] == "upgrade"
 
             go = proceed()
-            [*prepared,
-             step_task("prepare_versions", lambda plan_: steps.prepare_versions(production_env(), plan_), planned,
-                       retry=RETRY),
-             step_task("client_compatibility", steps.client_compatibility, planned, retry=RETRY)] >> go
+            versions_ready = step_task("prepare_versions", lambda plan_: steps.prepare_versions(
+                production_env(), plan_), planned, retry=RETRY)
+            rehearsal = step_task("rehearse_migration", lambda plan_: steps.rehearse_migration(
+                production_env(), run_id(), plan_), planned, retry=RETRY)
+            [prepared[1], versions_ready] >> rehearsal
+            [*prepared, rehearsal, step_task("client_compatibility", steps.client_compatibility, planned,
+                                             retry=RETRY)] >> go
 
         with TaskGroup("staging_upgrade"):
             staging_chain = environment_steps(target, "staging", planned)
@@ -174,7 +177,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 backups = {"staging (before upgrade)": pull(task_ids="staging_upgrade.backup") or {},
                            "production (phase 1)": pull(task_ids="backup_and_prepare.backup_production") or {}}
                 return approval_body(target.name, plan_, staging, backups,
-                                     pull(task_ids="backup_and_prepare.inventory") or {})
+                                     pull(task_ids="backup_and_prepare.inventory") or {},
+                                     downtime_estimate(pull(task_ids="compatibility.rehearse_migration"),
+                                                       pull(task_ids="staging_upgrade.start")))
 
             approval = UpgradeApprovalOperator(
                 task_id="approval",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from airlock.backups import (
+    VERIFICATION,
     BackupError,
     backup_id_for,
     now_iso,
@@ -18,6 +19,7 @@ from airlock.backups import (
     verify_backup,
 )
 from airlock.config import TargetConfig
+from airlock.drivers.process import DriverError
 from airlock.environment import Environment
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
@@ -106,6 +108,31 @@ def client_compatibility(plan_: dict) -> dict:
     note = ("clients of the same major version keep working" if same_major else
             f"clients on {old.major}.x must move to {new.major}.x after the server upgrade")
     return {"client_rule": "same major version", "compatible_with_old_clients": same_major, "note": note}
+
+
+def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
+    """Run the new version's migration on a copy of the environment restored from its verified
+    backup, timed: a migration that fails here stops the upgrade before any server is touched."""
+    env_plan = plan_[env.name]
+    if env_plan["change"] == "none":
+        return {"skipped": f"{env.name} already runs {env_plan['target']}"}
+    backup_id = backup_id_for(env.name, PREPARE, run_id)
+    if not env.store.is_verified(backup_id):
+        raise UpgradeError(f"cannot rehearse on {env.name}: its backup {backup_id} is not verified")
+    manifest = env.store.manifest(backup_id)
+    verification = env.store.read_json(backup_id, VERIFICATION) or {}
+    scratch = env.database.scratch("rehearsal")
+    try:
+        scratch.load(env.store.path(backup_id), manifest.facts)
+        migrated = env.driver.migrate(env_plan["target"], database=scratch)
+    except DriverError as error:
+        raise UpgradeError(f"rehearsal on a copy of {env.name}: the {env_plan['target']} migration failed, so "
+                           f"the upgrade stops here and no server was touched.\n{error}") from None
+    finally:
+        scratch.drop()
+    return {"environment": env.name, "to_version": env_plan["target"], "copy_of": backup_id,
+            "migration_seconds": migrated["seconds"], "backup_seconds": manifest.seconds,
+            "verify_seconds": verification.get("seconds", 0.0)}
 
 
 # -- the upgrade of one environment -------------------------------------------------------------

@@ -115,8 +115,9 @@ class ProcessDriver:
         return self.adapter.server_command(bin_dir, self.env.host, self.env.port,
                                            self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
 
-    def migration_command(self, version: str) -> Command:
-        return self.adapter.migration_command(str(self.venv_path(version) / "bin"), self.database.sqlalchemy_uri())
+    def migration_command(self, version: str, database: Database | None = None) -> Command:
+        database = database or self.database
+        return self.adapter.migration_command(str(self.venv_path(version) / "bin"), database.sqlalchemy_uri())
 
     def configuration(self) -> dict:
         """The deployment as the driver sees it, without secret values (for the backup set)."""
@@ -207,15 +208,17 @@ class ProcessDriver:
         text = self.log_file.read_text(errors="replace").splitlines()[-lines:]
         return self.database.redact("\n".join(text))
 
-    def migrate(self, version: str) -> dict:
-        """Run the new version's schema migration against the (stopped) server's database."""
+    def migrate(self, version: str, database: Database | None = None) -> dict:
+        """Run the new version's schema migration against the (stopped) server's database, or
+        against another database (a rehearsal on a restored copy)."""
+        database = database or self.database
         self.ensure_installed(version)
-        command = self.migration_command(version)
+        command = self.migration_command(version, database)
         started = time.monotonic()
         result = subprocess.run(command.argv, capture_output=True, text=True, check=False,
                                 env={**os.environ, **command.env, **command.secret_env})
-        output = self.database.redact((result.stdout + result.stderr).strip())
+        output = database.redact((result.stdout + result.stderr).strip())
         if result.returncode != 0:
-            raise DriverError(f"{self.env.name}: migration to {self.adapter.name} {version} failed "
-                              f"(exit {result.returncode}):\n{output[-3000:]}")
+            raise DriverError(f"{self.env.name}: migration of {database.describe()} to {self.adapter.name} "
+                              f"{version} failed (exit {result.returncode}):\n{output[-3000:]}")
         return {"seconds": round(time.monotonic() - started, 3), "output_tail": output[-1000:]}
