@@ -45,7 +45,7 @@ class Scenario:
 
     def env(self, name: str) -> Environment:
         target = load_target(self.name)
-        return open_environment(target, name, mysql=lambda config: self.databases[name])
+        return open_environment(target, name, resolve=lambda config: self.databases[name])
 
 
 def write_targets(path: Path, scenarios: list[Scenario]) -> None:

@@ -6,6 +6,7 @@ import uuid
 
 import MySQLdb
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
+from airlock.databases.postgresql import PostgresDatabase, PostgresParams
 from conftest import unavailable
 
 ADMIN = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -37,6 +38,30 @@ def new_database(prefix: str, tool: str | None = None) -> MysqlDatabase:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     conn.close()
     return MysqlDatabase(MysqlParams("127.0.0.1", 3306, TEST_USER, TEST_PASSWORD, name), tool)
+
+
+def postgres_admin():
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.Error as error:
+        unavailable(f"PostgreSQL is not reachable at 127.0.0.1:5432 as postgres: {error}")
+    conn.autocommit = True
+    return conn
+
+
+def new_postgres_database(prefix: str) -> PostgresDatabase:
+    """A database owned by a user with a password (the server may trust it; the tools still get it)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = postgres_admin()
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TEST_USER,))
+        if not cursor.fetchone():
+            cursor.execute(f"CREATE ROLE {TEST_USER} LOGIN CREATEDB PASSWORD '{TEST_PASSWORD}'")
+        cursor.execute(f"CREATE DATABASE {name} OWNER {TEST_USER}")
+    conn.close()
+    return PostgresDatabase(PostgresParams("127.0.0.1", 5432, TEST_USER, TEST_PASSWORD, name))
 
 
 def connection_uri_for_airflow() -> str:

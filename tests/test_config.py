@@ -53,7 +53,7 @@ def test_environment_variables_are_expanded(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("change", "expected"), [
     (("kind: sqlite, path: /srv/mlflow/staging/mlflow.db", "kind: postgres"),
-     "target 'team_a': environments.staging.database.kind: must be one of mysql, sqlite (got 'postgres')"),
+     "target 'team_a': environments.staging.database.kind: must be one of mysql, postgresql, sqlite (got 'postgres')"),
     (("platform: mlflow", "platform: kubeflow"), "target 'team_a': platform: must be one of mlflow"),
     (("timeout_minutes: 5", "timeout_minutes: soon"), "target 'team_a': drain.timeout_minutes: must be a number"),
     (("timeout_minutes: 5", "timout_minutes: 5"), "target 'team_a': drain.timout_minutes: unknown setting"),

@@ -83,4 +83,4 @@ def test_broken_targets_file_is_an_import_error_naming_file_target_and_field(mon
     (path, error), = bag.import_errors.items()
     assert path.endswith("dags/airlock_upgrade.py")
     assert str(broken) in error
-    assert "target 'mlflow_demo': environments.staging.database.kind: must be one of mysql, sqlite" in error
+    assert "target 'mlflow_demo': environments.staging.database.kind: must be one of mysql, postgresql, sqlite" in error

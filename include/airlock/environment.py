@@ -13,22 +13,23 @@ from airlock.drivers.process import ProcessDriver
 from airlock.platforms.base import PlatformAdapter
 from airlock.registry import DATABASE_KINDS, PLATFORMS, load_class
 
-MysqlResolver = Callable[[DatabaseConfig], Database]
+DatabaseResolver = Callable[[DatabaseConfig], Database]
 
 
-def airflow_mysql(config: DatabaseConfig) -> Database:
-    """A MySQL database whose credentials come from an Airflow connection (at run time only)."""
+def airflow_database(config: DatabaseConfig) -> Database:
+    """A server database whose credentials come from an Airflow connection (at run time only)."""
     from airlock.airflow_connections import connection_fields
-    from airlock.databases.mysql import MysqlDatabase, MysqlParams
 
     host, port, user, password = connection_fields(config.conn_id or "")
-    return MysqlDatabase(MysqlParams(host, port or 3306, user, password, config.database or ""))
+    database_class = load_class(DATABASE_KINDS, config.kind)
+    return database_class.from_fields(host, port or database_class.default_port, user, password,
+                                      config.database or "")
 
 
-def open_database(config: DatabaseConfig, mysql: MysqlResolver = airflow_mysql) -> Database:
+def open_database(config: DatabaseConfig, resolve: DatabaseResolver = airflow_database) -> Database:
     if config.kind == "sqlite":
         return load_class(DATABASE_KINDS, "sqlite")(config.path)
-    return mysql(config)
+    return resolve(config)
 
 
 @dataclass
@@ -49,10 +50,10 @@ class Environment:
         return timedelta(minutes=self.target.drain.stale_after_minutes)
 
 
-def open_environment(target: TargetConfig, name: str, mysql: MysqlResolver = airflow_mysql) -> Environment:
+def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver = airflow_database) -> Environment:
     config = target.environment(name)
     adapter = load_class(PLATFORMS, target.platform)(config.url)
-    database = open_database(config.database, mysql)
+    database = open_database(config.database, resolve)
     driver = ProcessDriver(config, adapter, database)
     store = LocalBackupStore(target.backup_location, target.name, name)
     return Environment(target, config, adapter, database, driver, store)

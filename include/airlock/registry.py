@@ -14,6 +14,7 @@ DRIVER_KINDS = {"process": "airlock.drivers.process:ProcessDriver"}
 DATABASE_KINDS = {
     "sqlite": "airlock.databases.sqlite:SqliteDatabase",
     "mysql": "airlock.databases.mysql:MysqlDatabase",
+    "postgresql": "airlock.databases.postgresql:PostgresDatabase",
 }
 
 

@@ -85,6 +85,18 @@ def decompress(source: Path, target: Path) -> None:
     run_checked(["zstd", "-q", "-d", "-f", str(source), "-o", str(target)], "zstd")
 
 
+def compress_in_place(directory: Path) -> list[str]:
+    """zstd every file of a dump directory (multi-threaded, fast level), replacing the originals."""
+    run_checked(["zstd", "-q", "-1", "-T0", "--rm", *sorted(map(str, directory.iterdir()))], "zstd")
+    return sorted(p.name for p in directory.iterdir())
+
+
+def decompress_into(directory: Path, target: str) -> None:
+    """The plain files of a compress_in_place() directory, written into `target`."""
+    run_checked(["zstd", "-q", "-d", "-T0", "--output-dir-flat", target, *sorted(map(str, directory.iterdir()))],
+                "zstd")
+
+
 def run_checked(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:

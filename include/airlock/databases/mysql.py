@@ -21,7 +21,14 @@ from urllib.parse import quote
 
 import MySQLdb
 
-from airlock.databases.base import Database, DatabaseError, TableStats, progress_log, run_checked
+from airlock.databases.base import (
+    Database,
+    DatabaseError,
+    TableStats,
+    compress_in_place,
+    decompress_into,
+    progress_log,
+)
 
 DUMP = "database.sql.zst"
 MYDUMPER_DIR = "mydumper"
@@ -44,6 +51,11 @@ def quote_identifier(name: str) -> str:
 
 class MysqlDatabase(Database):
     kind = "mysql"
+    default_port = 3306
+
+    @classmethod
+    def from_fields(cls, host: str, port: int, user: str, password: str, database: str) -> MysqlDatabase:
+        return cls(MysqlParams(host, port, user, password, database))
 
     def __init__(self, params: MysqlParams, tool: str | None = None):
         """`tool`: "mydumper" or "mysqldump"; by default mydumper where it and myloader are installed."""
@@ -167,8 +179,9 @@ class MysqlDatabase(Database):
             finally:
                 if tables:
                     self.query(conn, "UNLOCK TABLES")
-        if tool == "mydumper":
-            return self.compress_mydumper_files(directory), stats, {**facts, "tool": tool}
+        if tool == "mydumper":  # compressed after the locks are released: writers need not wait for it
+            files = [f"{MYDUMPER_DIR}/{name}" for name in compress_in_place(directory / MYDUMPER_DIR)]
+            return files, stats, {**facts, "tool": tool}
         return [DUMP], stats, {**facts, "tool": tool}
 
     def run_mydumper(self, directory: Path) -> None:
@@ -181,12 +194,6 @@ class MysqlDatabase(Database):
                  "--verbose", "1"], capture_output=True, check=False)
         self.check_tool("mydumper", result.returncode, result.stderr + result.stdout)
 
-    @staticmethod
-    def compress_mydumper_files(directory: Path) -> list[str]:
-        """zstd every file in place (after the locks are released: writers need not wait for it)."""
-        out = directory / MYDUMPER_DIR
-        run_checked(["zstd", "-q", "-1", "-T0", "--rm", *sorted(map(str, out.iterdir()))], "zstd")
-        return sorted(str(p.relative_to(directory)) for p in out.iterdir())
 
     def run_dump(self, target: Path) -> None:
         with self.defaults_file() as cnf, open(target, "wb") as out:
@@ -223,8 +230,7 @@ class MysqlDatabase(Database):
             raise DatabaseError(f"this backup was taken with mydumper; install myloader to restore it "
                                 f"into {self.describe()}")
         with tempfile.TemporaryDirectory(prefix="airlock-myloader-") as plain:
-            run_checked(["zstd", "-q", "-d", "-T0", "--output-dir-flat", plain,
-                         *map(str, sorted(dump_dir.iterdir()))], "zstd")
+            decompress_into(dump_dir, plain)
             source = next(Path(plain).glob("*-schema-create.sql")).name.removesuffix("-schema-create.sql")
             with self.defaults_file() as cnf:
                 result = subprocess.run(
