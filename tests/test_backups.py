@@ -11,6 +11,7 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
+import MySQLdb
 import pytest
 from airlock.backups import BackupError, LocalBackupStore, restore_backup, sha256_of, take_backup, verify_backup
 from airlock.databases.base import DatabaseError
@@ -215,3 +216,56 @@ def test_errors_never_show_the_password(kind, tmp_path, caplog):
         assert {p: set(Path(tempfile.gettempdir()).glob(p)) for p in leftovers} == before
     finally:
         good.drop()
+
+
+def kill_dump_connections(db, stop: threading.Event) -> list[int]:
+    """Play a network failure: terminate the dump tool's server connections once it is reading."""
+    from services import admin_connection, postgres_admin
+
+    killed: list[int] = []
+    while not stop.is_set() and not killed:
+        if isinstance(db, PostgresDatabase):
+            with closing(postgres_admin()) as conn, conn.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity WHERE datname = %s "
+                               "AND application_name = 'pg_dump' AND query ILIKE 'COPY%%'", (db.params.database,))
+                killed = [row[1] for row in cursor.fetchall()]
+        else:
+            with closing(admin_connection()) as conn, conn.cursor() as cursor:
+                cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE '%%SQL_NO_CACHE%%'"
+                               " AND (DB = %s OR INFO LIKE %s) AND ID <> CONNECTION_ID()",
+                               (db.params.database, f"%{db.params.database}%big%"))
+                for (connection_id,) in cursor.fetchall():
+                    try:
+                        cursor.execute(f"KILL {int(connection_id)}")
+                        killed.append(connection_id)
+                    except MySQLdb.OperationalError:  # that query ended meanwhile: look again
+                        continue
+    return killed
+
+
+@pytest.mark.parametrize("kind", ["mydumper", "mysqldump", "postgresql"])
+def test_connection_cut_during_the_dump_fails_the_backup_and_it_is_never_verified(kind, tmp_path):
+    db = new_postgres_database("airlock_it_cut") if kind == "postgresql" else new_database("airlock_it_cut", kind)
+    try:
+        filler = ("INSERT INTO big SELECT g, md5(g::text) || repeat('x', 400) FROM generate_series(1, 800000) g"
+                  if kind == "postgresql" else
+                  "INSERT INTO big SELECT seq, CONCAT(MD5(seq), REPEAT('x', 400)) FROM seq_1_to_800000")
+        execute(db, "CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)", filler)
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=lambda: killed.extend(kill_dump_connections(db, stop)))
+        killer.start()
+        store = store_in(tmp_path)
+        try:
+            with pytest.raises(DatabaseError) as error:
+                take_backup(db, store, "b1", META)
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "the dump's connection was never cut"
+        assert db.params.database in str(error.value)
+        assert store.backups() == []  # no manifest: never offered for a rollback
+        assert not store.is_verified("b1")
+        with pytest.raises(BackupError, match="no manifest"):
+            verify_backup(db, store, "b1")
+    finally:
+        db.drop()
