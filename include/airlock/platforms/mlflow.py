@@ -58,7 +58,7 @@ class MlflowAdapter(PlatformAdapter):
         return self.text("/version")
 
     def install_requirements(self, version: str) -> list[str]:
-        requirements = [f"mlflow=={version}", "pymysql==1.2.4"]
+        requirements = [f"mlflow=={version}", "pymysql==1.2.4", "psycopg2-binary==2.9.13"]
         if Version(version).major < 3:
             # mlflow 2.x crashes at start with SQLAlchemy 2.1 (FallbackAsyncAdaptedQueuePool).
             requirements.append("sqlalchemy<2.1")

@@ -1,0 +1,67 @@
+"""An MLflow server on PostgreSQL, taken through every step that touches data: backup, rehearsal,
+stop, final backup, migration, start on 3.17.2, fingerprint, and a rollback to 2.16.2."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from airlock import steps
+from airlock.config import load_target
+from airlock.demo import SEED_MLFLOW
+from airlock.environment import open_environment
+from services import new_postgres_database
+
+pytestmark = pytest.mark.integration
+OLD, NEW = "2.16.2", "3.17.2"
+RUN = "manual__postgresql"
+
+
+@pytest.fixture
+def production(tmp_path, mlflow_venvs):
+    database = new_postgres_database("airlock_it_mlflow")
+    envs = {name: {"url": f"http://127.0.0.1:{port}",
+                   "driver": {"kind": "process", "state_dir": str(tmp_path / name)},
+                   "database": {"kind": "postgresql", "conn_id": "unused_in_this_test", "database": db}}
+            for name, port, db in (("staging", 5181, "unused_staging"), ("production", 5182, database.params.database))}
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(yaml.safe_dump({"targets": {"pg": {
+        "platform": "mlflow", "upgrade": {"allow_minor_skips": True},
+        "backup": {"location": str(tmp_path / "backups")}, "environments": envs}}}))
+    env = open_environment(load_target("pg", targets), "production", resolve=lambda config: database)
+    env.driver.start(OLD)
+    subprocess.run([str(env.driver.venv_path(OLD) / "bin" / "python"), str(SEED_MLFLOW), env.config.url],
+                   check=True, capture_output=True)
+    yield env
+    env.driver.stop()
+    database.drop()
+
+
+def test_mlflow_on_postgresql_upgrades_and_rolls_back_to_the_exact_data(production):
+    env = production
+    plan = {"from": OLD, "to": NEW, "production": {"change": "major", "current": OLD, "target": NEW}}
+    before = env.adapter.fingerprint().digest
+    tables_before = env.database.table_stats()
+
+    assert steps.backup(env, steps.PREPARE, RUN, OLD)["verified"]
+    rehearsal = steps.rehearse_migration(env, RUN, plan)
+    assert rehearsal["migration_seconds"] > 0
+    assert env.adapter.server_version() == OLD  # the rehearsal ran on a copy
+    assert env.database.table_stats() == tables_before
+
+    steps.freeze(env, RUN, plan)
+    steps.final_backup(env, RUN)
+    steps.migrate(env, RUN)
+    steps.start(env, RUN)
+    assert steps.check_health(env, plan)["version"] == NEW
+    steps.smoke(env)
+    assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
+    assert len(env.database.table_stats()) > len(tables_before)  # 3.x tables exist now
+
+    rolled_back = steps.rollback(env, RUN)
+    assert rolled_back["rolled_back"] and rolled_back["version"] == OLD
+    assert env.adapter.server_version() == OLD
+    assert env.adapter.fingerprint().digest == before
+    assert env.database.table_stats() == tables_before
+    assert env.store.in_progress() is None
