@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import MySQLdb
-
-from airlock.backups import LocalBackupStore, take_backup
+from airlock.backups import read_manifest, take_backup
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
+from airlock.stores.local import LocalBackupStore
 
 TABLES = 4
 ROW_BYTES = 300  # id, a 64-char key, two blocks of base64 text
@@ -118,7 +118,6 @@ def main() -> None:
     params = MysqlParams(args.host, args.port, args.user, args.password, source)
     db, restored = MysqlDatabase(params), MysqlDatabase(MysqlParams(args.host, args.port, args.user,
                                                                     args.password, target))
-    auth = [f"--host={args.host}", f"--port={args.port}", f"--user={args.user}"]
     with tempfile.TemporaryDirectory(prefix="airlock-bench-") as work, db.defaults_file() as cnf:
         dump = Path(work) / "guide.sql.gz"
         creds = [f"--defaults-extra-file={cnf}"]
@@ -133,7 +132,7 @@ def main() -> None:
                 "platform": "mlflow", "platform_version": "0"}
         with PeakMemory() as memory:
             airlock_backup = timed(lambda: take_backup(db, store, "b1", meta))
-        manifest = store.manifest("b1")
+        manifest = read_manifest(store, "b1")
         airlock_restore = timed(lambda: restored.load(store.path("b1"), manifest.facts))
         same = restored.table_stats() == manifest.tables
         airlock_bytes = sum(f["bytes"] for f in manifest.files.values())
@@ -146,7 +145,8 @@ def main() -> None:
               f"{airlock_restore:6.1f} s, restored data equal to the manifest: {same}")
     for name in (source, target):
         conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-    print(f"backup speedup {guide_backup / airlock_backup:.1f}x, restore speedup {guide_restore / airlock_restore:.1f}x")
+    backup_ratio, restore_ratio = guide_backup / airlock_backup, guide_restore / airlock_restore
+    print(f"backup speedup {backup_ratio:.1f}x, restore speedup {restore_ratio:.1f}x")
 
 
 if __name__ == "__main__":

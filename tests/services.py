@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import MySQLdb
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
@@ -66,3 +73,35 @@ def new_postgres_database(prefix: str) -> PostgresDatabase:
 
 def connection_uri_for_airflow() -> str:
     return f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:3306"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """A moto server (S3 and RDS APIs, in memory) on a free local port."""
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        unavailable("moto_server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            return process, url
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    unavailable(f"moto_server did not answer on {url} within 30 s")
+    raise AssertionError("unreachable")
+
+
+def aws_connection_json(endpoint: str) -> str:
+    return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
+                       "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import MySQLdb
 import pytest
-from airlock.backups import BackupError, LocalBackupStore, restore_backup, sha256_of, take_backup, verify_backup
+from airlock.backups import BackupError, is_verified, read_manifest, restore_backup, take_backup, verify_backup
 from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
 from airlock.databases.postgresql import PostgresDatabase, PostgresParams
 from airlock.databases.sqlite import SNAPSHOT, SqliteDatabase
+from airlock.stores.base import sha256_of
+from airlock.stores.local import LocalBackupStore
 from services import TEST_PASSWORD, new_database, new_postgres_database
 
 META = {"target": "t", "environment": "production", "purpose": "prepare", "run_id": "r1",
@@ -139,7 +141,7 @@ def test_dump_whose_rows_differ_fails_verification_naming_the_table(db, tmp_path
     with pytest.raises(BackupError, match="table experiments: checksum differs") as error:
         verify_backup(db, store, "b1")
     assert "metrics" not in str(error.value)
-    assert not store.is_verified("b1")
+    assert not is_verified(store, "b1")
 
 
 def test_corrupted_file_fails_verification_naming_the_file(db, tmp_path):
@@ -191,7 +193,7 @@ def test_postgres_backup_is_consistent_while_writes_go_on(tmp_path):
         finally:
             stop.set()
             writer.join()
-        assert database.table_stats()["metrics"]["rows"] > store.manifest("b1").tables["metrics"]["rows"]
+        assert database.table_stats()["metrics"]["rows"] > read_manifest(store, "b1").tables["metrics"]["rows"]
     finally:
         database.drop()
 
@@ -264,7 +266,7 @@ def test_connection_cut_during_the_dump_fails_the_backup_and_it_is_never_verifie
         assert killed, "the dump's connection was never cut"
         assert db.params.database in str(error.value)
         assert store.backups() == []  # no manifest: never offered for a rollback
-        assert not store.is_verified("b1")
+        assert not is_verified(store, "b1")
         with pytest.raises(BackupError, match="no manifest"):
             verify_backup(db, store, "b1")
     finally:

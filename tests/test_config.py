@@ -48,7 +48,7 @@ def test_environment_variables_are_expanded(tmp_path, monkeypatch):
         "/var/backups/airlock", "'${UNSET_VAR_FOR_TEST:-/fallback}'")
     target = load_target("team_a", write(tmp_path, text))
     assert target.environment("staging").driver.state_dir == "/data/staging"
-    assert target.backup_location == "/fallback"
+    assert target.backup.location == target.log_dir == "/fallback"
 
 
 @pytest.mark.parametrize(("change", "expected"), [

@@ -2,26 +2,23 @@
 
 A backup set is complete only when its manifest exists, and usable for a rollback only when it is
 verified: restored into a scratch database and found equal, table by table, to its manifest.
+Works the same on every store: a local directory (dumps in the fastest, directory formats) or an
+object store (dumps streamed, never copied to local disk).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 from airlock.databases.base import Database, TableStats
+from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore
 
-MANIFEST = "manifest.json"
-VERIFICATION = "verification.json"
 CONFIGURATION = "configuration.json"
-IN_PROGRESS = "UPGRADE_IN_PROGRESS.json"
 
 
 class BackupError(RuntimeError):
@@ -30,14 +27,6 @@ class BackupError(RuntimeError):
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def backup_id_for(environment: str, purpose: str, run_id: str) -> str:
@@ -67,6 +56,25 @@ class Manifest:
         return asdict(self)
 
 
+def manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(store: BackupStore, backup_id: str) -> Manifest:
+    data = store.read_json(backup_id, MANIFEST)
+    if data is None:
+        raise BackupError(f"backup {backup_id} at {store.location(backup_id)} has no manifest: "
+                          "it is incomplete and cannot be used")
+    return Manifest(**data)
+
+
+def is_verified(store: BackupStore, backup_id: str) -> bool:
+    verification = store.read_json(backup_id, VERIFICATION)
+    manifest = store.read_json(backup_id, MANIFEST)
+    return bool(verification and manifest and verification.get("ok")
+                and verification.get("manifest_sha256") == manifest_digest(manifest))
+
+
 def table_differences(expected: TableStats, actual: TableStats) -> list[str]:
     """Human-readable differences between two sets of table statistics."""
     problems = []
@@ -83,116 +91,65 @@ def table_differences(expected: TableStats, actual: TableStats) -> list[str]:
     return problems
 
 
-class LocalBackupStore:
-    """Backup sets in a directory tree: <root>/<target>/<environment>/<backup id>/."""
-
-    def __init__(self, root: str | Path, target: str, environment: str):
-        self.base = Path(root) / target / environment
-
-    def path(self, backup_id: str) -> Path:
-        return self.base / backup_id
-
-    def location(self, backup_id: str) -> str:
-        return str(self.path(backup_id))
-
-    def begin(self, backup_id: str) -> Path:
-        """An empty directory for a new backup; a partial one from an earlier try is removed."""
-        directory = self.path(backup_id)
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        return directory
-
-    def write_json(self, backup_id: str, name: str, data: dict) -> None:
-        target = self.path(backup_id) / name
-        staged = target.with_suffix(".tmp")
-        staged.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(staged, target)
-
-    def read_json(self, backup_id: str, name: str) -> dict | None:
-        path = self.path(backup_id) / name
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def manifest(self, backup_id: str) -> Manifest:
-        data = self.read_json(backup_id, MANIFEST)
-        if data is None:
-            raise BackupError(f"backup {backup_id} at {self.location(backup_id)} has no manifest: "
-                              "it is incomplete and cannot be used")
-        return Manifest(**data)
-
-    def is_verified(self, backup_id: str) -> bool:
-        verification = self.read_json(backup_id, VERIFICATION)
-        manifest = self.read_json(backup_id, MANIFEST)
-        return bool(verification and manifest and verification.get("ok")
-                    and verification.get("manifest_sha256") == manifest_digest(manifest))
-
-    def backups(self) -> list[str]:
-        if not self.base.is_dir():
-            return []
-        return sorted(p.name for p in self.base.iterdir() if (p / MANIFEST).is_file())
-
-    # -- the marker that says an environment is mid-upgrade -----------------------------------
-    def marker_path(self) -> Path:
-        return self.base / IN_PROGRESS
-
-    def mark_in_progress(self, record: dict) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        staged = self.marker_path().with_suffix(".tmp")
-        staged.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.replace(staged, self.marker_path())
-
-    def in_progress(self) -> dict | None:
-        path = self.marker_path()
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def clear_in_progress(self) -> None:
-        self.marker_path().unlink(missing_ok=True)
+def tags_for(meta: dict) -> dict[str, str]:
+    return {key: str(meta[key]) for key in ("target", "environment", "purpose", "run_id", "platform_version")}
 
 
-def manifest_digest(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-def take_backup(db: Database, store: LocalBackupStore, backup_id: str, meta: dict,
+def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
                 configuration: dict | None = None) -> Manifest:
     """Write a backup set; the manifest goes last so a crash never leaves a 'complete' backup."""
     started = time.monotonic()
+    tags = tags_for(meta)
     directory = store.begin(backup_id)
-    names, tables, facts = db.dump(directory)
+    if directory is not None:
+        names, tables, facts = db.dump(directory)
+        files = {name: store.digest(backup_id, name) for name in names}
+    else:
+        files = {}
+
+        def put(name, stream):
+            files[name] = store.put_stream(backup_id, name, stream, tags)
+
+        names, tables, facts = db.dump_stream(put)
     if configuration is not None:
-        (directory / CONFIGURATION).write_text(json.dumps(configuration, indent=2, sort_keys=True))
-        names = [*names, CONFIGURATION]
-    files = {name: {"sha256": sha256_of(directory / name), "bytes": (directory / name).stat().st_size}
-             for name in names}
+        files[CONFIGURATION] = store.write_json(backup_id, CONFIGURATION, configuration, tags)
     manifest = Manifest(backup_id=backup_id, database_kind=db.kind, database=db.describe(), facts=facts,
                         files=files, tables=tables, **meta)
     manifest.seconds = round(time.monotonic() - started, 3)
-    store.write_json(backup_id, MANIFEST, manifest.to_dict())
+    store.write_json(backup_id, MANIFEST, manifest.to_dict(), tags)
     return manifest
 
 
-def check_files(store: LocalBackupStore, manifest: Manifest) -> None:
+def check_files(store: BackupStore, manifest: Manifest) -> None:
     """Every file of the set is present and has the sha256 the manifest recorded."""
-    directory = store.path(manifest.backup_id)
     for name, expected in manifest.files.items():
-        path = directory / name
-        if not path.is_file():
-            raise BackupError(f"backup {manifest.backup_id}: file {name} is missing from {directory}")
-        if sha256_of(path) != expected["sha256"]:
+        found = store.digest(manifest.backup_id, name)
+        if found is None:
+            raise BackupError(f"backup {manifest.backup_id}: file {name} is missing from "
+                              f"{store.location(manifest.backup_id)}")
+        if found["sha256"] != expected["sha256"]:
             raise BackupError(f"backup {manifest.backup_id}: file {name} is corrupted (sha256 differs "
                               "from the manifest)")
 
 
-def verify_backup(db: Database, store: LocalBackupStore, backup_id: str) -> dict:
+def load_backup(db: Database, store: BackupStore, manifest: Manifest) -> None:
+    directory = store.directory(manifest.backup_id)
+    if directory is not None:
+        db.load(directory, manifest.facts)
+    else:
+        db.load_stream(lambda name: store.open_stream(manifest.backup_id, name), manifest.facts)
+
+
+def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
     """Restore into a scratch database, compare with the manifest, drop the scratch database."""
-    if store.is_verified(backup_id):
+    if is_verified(store, backup_id):
         return store.read_json(backup_id, VERIFICATION) or {}
     started = time.monotonic()
-    manifest = store.manifest(backup_id)
+    manifest = read_manifest(store, backup_id)
     check_files(store, manifest)
     scratch = db.scratch(manifest.environment)
     try:
-        scratch.load(store.path(backup_id), manifest.facts)
+        load_backup(scratch, store, manifest)
         problems = table_differences(manifest.tables, scratch.table_stats())
     finally:
         scratch.drop()
@@ -206,17 +163,35 @@ def verify_backup(db: Database, store: LocalBackupStore, backup_id: str) -> dict
     return result
 
 
-def restore_backup(db: Database, store: LocalBackupStore, backup_id: str) -> dict:
+def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
     """Replace the database with a verified backup and prove it equals the manifest."""
-    if not store.is_verified(backup_id):
+    if not is_verified(store, backup_id):
         raise BackupError(f"backup {backup_id} at {store.location(backup_id)} is not verified; "
                           "refusing to restore it over the live database")
     started = time.monotonic()
-    manifest = store.manifest(backup_id)
+    manifest = read_manifest(store, backup_id)
     check_files(store, manifest)
-    db.load(store.path(backup_id), manifest.facts)
+    load_backup(db, store, manifest)
     problems = table_differences(manifest.tables, db.table_stats())
     if problems:
         raise BackupError(f"restore of {backup_id} into {db.describe()} does not match its manifest: "
                           + "; ".join(problems))
     return {"backup_id": backup_id, "tables": len(manifest.tables), "seconds": round(time.monotonic() - started, 3)}
+
+
+def apply_retention(store: BackupStore, keep_last: int, keep_days: float, now: datetime | None = None) -> dict:
+    """Delete complete sets beyond the newest `keep_last` that are older than `keep_days`, and sets
+    without a manifest older than a day; never a set that the environment's unfinished upgrade needs."""
+    now = now or datetime.now(UTC)
+    marker = store.in_progress() or {}
+    protected = {marker.get("prepare_backup_id"), marker.get("final_backup_id")} - {None}
+    complete = {backup_id: read_manifest(store, backup_id) for backup_id in store.backups()}
+    newest_first = sorted(complete, key=lambda b: complete[b].created_at, reverse=True)
+    cutoff = now - timedelta(days=keep_days)
+    deleted = []
+    for backup_id in newest_first[keep_last:]:
+        if backup_id not in protected and datetime.fromisoformat(complete[backup_id].created_at) < cutoff:
+            store.delete(backup_id)
+            deleted.append(backup_id)
+    return {"kept": [b for b in newest_first if b not in deleted], "deleted": deleted,
+            "protected": sorted(protected)}

@@ -86,6 +86,12 @@ class _Reader:
             self.fail(key, f"{value!r} does not match {pattern.pattern}")
         return value
 
+    def optional_text(self, key: str) -> str | None:
+        if self.data.get(key) is None:
+            self.used.add(key)
+            return None
+        return self.text(key)
+
     def choice(self, key: str, choices: tuple[str, ...] | list[str], default: str | None = None) -> str:
         value = self.text(key, default=default)
         if value not in choices:
@@ -221,6 +227,44 @@ class DrainConfig:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """Where backup sets go (a local directory or s3://bucket/prefix) and how long they stay."""
+
+    location: str
+    aws_conn_id: str = "aws_default"
+    sse: str | None = None
+    kms_key_id: str | None = None
+    keep_last: int = 10
+    keep_days: float = 30
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location.startswith("s3://")
+
+    @classmethod
+    def read(cls, r: _Reader) -> BackupConfig:
+        location = r.text("location")
+        if location.startswith("s3://"):
+            if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", location):
+                r.fail("location", f"{location!r} is not an s3://bucket/prefix URL")
+        elif not os.path.isabs(location):
+            r.fail("location", f"must be an absolute path or an s3:// URL (got {location!r})")
+        sse = r.choice("sse", ["none", "AES256", "aws:kms"], default="none")
+        config = cls(
+            location=location,
+            aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID),
+            sse=None if sse == "none" else sse,
+            kms_key_id=r.optional_text("kms_key_id"),
+            keep_last=int(r.number("keep_last", 10, minimum=1, integer=True)),
+            keep_days=r.number("keep_days", 30, minimum=0),
+        )
+        if config.kms_key_id and config.sse != "aws:kms":
+            r.fail("kms_key_id", "needs sse: aws:kms")
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One upgrade target: a platform with a staging and a production environment."""
 
@@ -228,7 +272,8 @@ class TargetConfig:
     platform: str
     description: str
     approvers: list[str]
-    backup_location: str
+    backup: BackupConfig
+    log_dir: str
     allow_minor_skips: bool
     drain: DrainConfig
     environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
@@ -246,11 +291,10 @@ class TargetConfig:
         platform = r.choice("platform", sorted(PLATFORMS))
         description = r.text("description", default=f"{platform} target {name}")
         approvers = r.names("approvers")
-        backup = r.child("backup")
-        location = backup.text("location")
-        if not os.path.isabs(location):
-            backup.fail("location", f"must be an absolute path (got {location!r})")
-        backup.done()
+        backup = BackupConfig.read(r.child("backup"))
+        log_dir = r.text("log_dir", default=None if backup.is_s3 else backup.location)  # S3 needs one
+        if not os.path.isabs(log_dir):
+            r.fail("log_dir", f"must be an absolute path (got {log_dir!r})")
         upgrade = r.child("upgrade", required=False)
         allow_minor_skips = upgrade.flag("allow_minor_skips", False)
         upgrade.done()
@@ -259,7 +303,7 @@ class TargetConfig:
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
         envs.done()
         r.done()
-        target = cls(name, platform, description, approvers, location, allow_minor_skips, drain,
+        target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
                      environments, r.source)
         target.check_environments_are_distinct(r)
         return target

@@ -217,7 +217,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 record = upgrade_log.build_record(target.name, context["run_id"],
                                                   context["dag_run"].start_date.isoformat(timespec="seconds"),
                                                   results)
-                table = upgrade_log.append(target.backup_location, record)
+                table = upgrade_log.append(target.log_dir, record)
                 print(table.read_text())
                 if record["outcome"] not in GOOD_OUTCOMES:
                     raise AirflowFailException(f"upgrade of {target.name} {record['outcome'].upper()}: "

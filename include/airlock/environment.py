@@ -6,12 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from airlock.backups import LocalBackupStore
 from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig
 from airlock.databases.base import Database
 from airlock.drivers.process import ProcessDriver
 from airlock.platforms.base import PlatformAdapter
 from airlock.registry import DATABASE_KINDS, PLATFORMS, load_class
+from airlock.stores.base import BackupStore
+from airlock.stores.local import LocalBackupStore
 
 DatabaseResolver = Callable[[DatabaseConfig], Database]
 
@@ -39,7 +40,7 @@ class Environment:
     adapter: PlatformAdapter
     database: Database
     driver: ProcessDriver
-    store: LocalBackupStore
+    store: BackupStore
 
     @property
     def name(self) -> str:
@@ -55,5 +56,18 @@ def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver 
     adapter = load_class(PLATFORMS, target.platform)(config.url)
     database = open_database(config.database, resolve)
     driver = ProcessDriver(config, adapter, database)
-    store = LocalBackupStore(target.backup_location, target.name, name)
-    return Environment(target, config, adapter, database, driver, store)
+    return Environment(target, config, adapter, database, driver, open_store(target, name))
+
+
+def open_store(target: TargetConfig, environment: str) -> BackupStore:
+    """The target's backup store; an S3 client comes from the Airflow AWS connection."""
+    backup = target.backup
+    if not backup.is_s3:
+        return LocalBackupStore(backup.location, target.name, environment)
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from airlock.stores.s3 import S3BackupStore
+
+    client = S3Hook(aws_conn_id=backup.aws_conn_id).get_conn()
+    return S3BackupStore(client, backup.location, target.name, environment, sse=backup.sse,
+                         kms_key_id=backup.kms_key_id)

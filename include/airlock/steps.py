@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 
 from airlock.backups import (
-    VERIFICATION,
     BackupError,
     backup_id_for,
+    is_verified,
     now_iso,
+    read_manifest,
     restore_backup,
     take_backup,
     verify_backup,
@@ -21,6 +22,7 @@ from airlock.backups import (
 from airlock.config import TargetConfig
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment
+from airlock.stores.base import VERIFICATION
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
 PREPARE, FINAL = "prepare", "final"
@@ -76,12 +78,12 @@ def health(env: Environment) -> dict:
 def backup(env: Environment, purpose: str, run_id: str, version: str) -> dict:
     """A verified backup set (taken once per run and purpose; a retry reuses a verified one)."""
     backup_id = backup_id_for(env.name, purpose, run_id)
-    if not env.store.is_verified(backup_id):
+    if not is_verified(env.store, backup_id):
         meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
                 "platform": env.target.platform, "platform_version": version}
         take_backup(env.database, env.store, backup_id, meta, env.driver.configuration())
     verification = verify_backup(env.database, env.store, backup_id)
-    manifest = env.store.manifest(backup_id)
+    manifest = read_manifest(env.store, backup_id)
     return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,
             "tables": len(manifest.tables), "rows": verification["rows"],
             "bytes": sum(f["bytes"] for f in manifest.files.values()),
@@ -117,9 +119,9 @@ def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
     if env_plan["change"] == "none":
         return {"skipped": f"{env.name} already runs {env_plan['target']}"}
     backup_id = backup_id_for(env.name, PREPARE, run_id)
-    if not env.store.is_verified(backup_id):
+    if not is_verified(env.store, backup_id):
         raise UpgradeError(f"cannot rehearse on {env.name}: its backup {backup_id} is not verified")
-    manifest = env.store.manifest(backup_id)
+    manifest = read_manifest(env.store, backup_id)
     verification = env.store.read_json(backup_id, VERIFICATION) or {}
     scratch = env.database.scratch("rehearsal")
     try:
@@ -142,7 +144,7 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
     if env_plan["change"] == "none":
         return {"skipped": f"{env.name} already runs {env_plan['target']}"}
     prepare_id = backup_id_for(env.name, PREPARE, run_id)
-    if not env.store.is_verified(prepare_id):
+    if not is_verified(env.store, prepare_id):
         raise UpgradeError(f"refusing to stop {env.name}: its backup {prepare_id} is not verified")
     marker = marker_of_run(env, run_id)
     if marker is None:
@@ -175,7 +177,7 @@ def migrate(env: Environment, run_id: str) -> dict:
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
     final_id = marker.get("final_backup_id")
-    if not final_id or not env.store.is_verified(final_id):
+    if not final_id or not is_verified(env.store, final_id):
         raise UpgradeError(f"refusing to migrate {env.name}: no verified backup taken after the server stopped")
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import shutil
 import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("airlock.backup")
 
@@ -19,6 +22,8 @@ class DatabaseError(RuntimeError):
     """A dump, restore or query failed; the message says which database and why (never a password)."""
 
 
+StreamSink = Callable[[str, BinaryIO], None]
+StreamSource = Callable[[str], BinaryIO]
 TableStats = dict[str, dict[str, int | str]]
 """{table: {"rows": n, "checksum": "..."}}; the checksum does not depend on row order."""
 
@@ -45,6 +50,15 @@ class Database(ABC):
     @abstractmethod
     def load(self, directory: Path, facts: dict) -> None:
         """Drop the database, recreate it and load the snapshot in `directory` into it."""
+
+    @abstractmethod
+    def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
+        """Like dump(), but each file is a stream handed to `put(name, stream)` (for object stores:
+        nothing of the dump is kept on local disk)."""
+
+    @abstractmethod
+    def load_stream(self, get: StreamSource, facts: dict) -> None:
+        """Like load(), reading each file of a dump_stream() backup from `get(name)`."""
 
     @abstractmethod
     def table_stats(self) -> TableStats: ...
@@ -95,6 +109,65 @@ def decompress_into(directory: Path, target: str) -> None:
     """The plain files of a compress_in_place() directory, written into `target`."""
     run_checked(["zstd", "-q", "-d", "-T0", "--output-dir-flat", target, *sorted(map(str, directory.iterdir()))],
                 "zstd")
+
+
+def feed(source: BinaryIO, sink: BinaryIO) -> threading.Thread:
+    """Copy a stream into a process's stdin on a thread (closing it at the end)."""
+
+    def copy() -> None:
+        try:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        except BrokenPipeError:
+            pass  # the reader failed; its exit code says why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                sink.close()
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def compressed_output(argv: list[str], what: str, env: dict | None = None,
+                      redact: Callable[[str], str] = str) -> Iterator[BinaryIO]:
+    """argv | zstd, as a stream to read; both exit codes checked when the reader is done."""
+    tool = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=tool.stdout, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    tool.stdout.close()
+    try:
+        yield zstd.stdout
+    except BaseException:
+        tool.kill()
+        zstd.kill()
+        raise
+    finally:
+        zstd.stdout.close()
+        zstd_err = zstd.communicate()[1]
+        tool_err = tool.communicate()[1]
+    for name, process, err in ((what, tool, tool_err), ("zstd", zstd, zstd_err)):
+        if process.returncode != 0:
+            raise DatabaseError(f"{name} failed (exit {process.returncode}): "
+                                f"{redact(err.decode(errors='replace').strip()[-800:])}")
+
+
+def decompress_stream_into(source: BinaryIO, argv: list[str], what: str, env: dict | None = None,
+                           redact: Callable[[str], str] = str) -> None:
+    """zstd -d < source | argv (a loader reading SQL or a dump from stdin), failing with either's error."""
+    unzip = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    loader = subprocess.Popen(argv, stdin=unzip.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    unzip.stdout.close()
+    copier = feed(source, unzip.stdin)
+    loader_err = loader.communicate()[1]
+    copier.join()
+    unzip_err = unzip.stderr.read()  # not communicate(): the copier owns (and closed) its stdin
+    unzip.wait()
+    for name, process, err in (("zstd", unzip, unzip_err), (what, loader, loader_err)):
+        if process.returncode != 0:
+            raise DatabaseError(f"{name} failed (exit {process.returncode}): "
+                                f"{redact(err.decode(errors='replace').strip()[-800:])}")
 
 
 def run_checked(argv: list[str], what: str) -> None:

@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import MySQLdb
@@ -24,9 +25,13 @@ import MySQLdb
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    StreamSink,
+    StreamSource,
     TableStats,
     compress_in_place,
+    compressed_output,
     decompress_into,
+    decompress_stream_into,
     progress_log,
 )
 
@@ -155,34 +160,50 @@ class MysqlDatabase(Database):
         return {"server_version": self.query(conn, "SELECT VERSION()")[0][0], "schema_version": schema,
                 "charset": charset, "collation": collation}
 
-    def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
-        """Dump while holding read locks, so the statistics describe exactly the dumped data.
+    def locked(self, dump: Callable[[], None], progress_dir: Path | None = None) -> tuple[TableStats, dict]:
+        """Run `dump` while holding read locks, so the statistics describe exactly the dumped data.
 
         Writers wait for the length of the dump; the upgrade's final backup is taken with the
         server stopped, where that costs nothing. With the locks held, every mydumper thread's
         snapshot is the same, so mydumper runs without its own global lock (--no-locks).
         """
-        tool = self.tool or ("mydumper" if shutil.which("mydumper") and shutil.which("myloader") else "mysqldump")
         with self.connect() as conn:
             tables = self.tables(conn)
             if tables:
                 self.query(conn, "LOCK TABLES " + ", ".join(f"{quote_identifier(t)} READ" for t in tables))
             try:
                 facts = self.facts_with(conn)
-                with ThreadPoolExecutor(1) as pool, progress_log(directory, len(tables), self.params.database):
+                with ThreadPoolExecutor(1) as pool:
                     stats = pool.submit(self.table_stats)  # reads beside the dump, under the same locks
-                    if tool == "mydumper":
-                        self.run_mydumper(directory)
+                    if progress_dir is None:
+                        dump()
                     else:
-                        self.run_dump(directory / DUMP)
-                    stats = stats.result()
+                        with progress_log(progress_dir, len(tables), self.params.database):
+                            dump()
+                    return stats.result(), facts
             finally:
                 if tables:
                     self.query(conn, "UNLOCK TABLES")
-        if tool == "mydumper":  # compressed after the locks are released: writers need not wait for it
-            files = [f"{MYDUMPER_DIR}/{name}" for name in compress_in_place(directory / MYDUMPER_DIR)]
-            return files, stats, {**facts, "tool": tool}
-        return [DUMP], stats, {**facts, "tool": tool}
+
+    def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
+        tool = self.tool or ("mydumper" if shutil.which("mydumper") and shutil.which("myloader") else "mysqldump")
+        if tool == "mysqldump":
+            stats, facts = self.locked(lambda: self.run_dump(directory / DUMP), directory)
+            return [DUMP], stats, {**facts, "tool": tool}
+        stats, facts = self.locked(lambda: self.run_mydumper(directory), directory)
+        # compressed after the locks are released: writers need not wait for it
+        files = [f"{MYDUMPER_DIR}/{name}" for name in compress_in_place(directory / MYDUMPER_DIR)]
+        return files, stats, {**facts, "tool": tool}
+
+    def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
+        """mysqldump | zstd straight into `put` (mydumper needs a directory, so it is not used here)."""
+
+        def stream() -> None:
+            with self.mysqldump_stream() as compressed:
+                put(DUMP, compressed)
+
+        stats, facts = self.locked(stream)
+        return [DUMP], stats, {**facts, "tool": "mysqldump"}
 
     def run_mydumper(self, directory: Path) -> None:
         """Parallel per-table (and per-chunk) dump; run while this session holds the read locks."""
@@ -194,29 +215,31 @@ class MysqlDatabase(Database):
                  "--verbose", "1"], capture_output=True, check=False)
         self.check_tool("mydumper", result.returncode, result.stderr + result.stdout)
 
-
     def run_dump(self, target: Path) -> None:
-        with self.defaults_file() as cnf, open(target, "wb") as out:
-            dump = subprocess.Popen(
-                ["mysqldump", f"--defaults-extra-file={cnf}", "--single-transaction", "--quick",
-                 "--hex-blob", "--no-tablespaces", "--skip-lock-tables", "--triggers", self.params.database],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=dump.stdout, stdout=out,
-                                    stderr=subprocess.PIPE)
-            dump.stdout.close()
-            zstd_err = zstd.communicate()[1]
-            dump_err = dump.communicate()[1]
-        self.check_pipeline("mysqldump", dump.returncode, dump_err, "zstd", zstd.returncode, zstd_err)
+        with self.mysqldump_stream() as compressed, open(target, "wb") as out:
+            shutil.copyfileobj(compressed, out, 1 << 20)
+
+    @contextmanager
+    def mysqldump_stream(self) -> Iterator[BinaryIO]:
+        """The zstd-compressed output of a consistent mysqldump, as a stream; checked at the end."""
+        with self.defaults_file() as cnf, compressed_output(
+                ["mysqldump", f"--defaults-extra-file={cnf}", "--single-transaction", "--quick", "--hex-blob",
+                 "--no-tablespaces", "--skip-lock-tables", "--triggers", self.params.database],
+                f"mysqldump of {self.describe()}", redact=self.redact) as stream:
+            yield stream
 
     def check_tool(self, name: str, returncode: int, output: bytes) -> None:
         if returncode != 0:
             detail = self.redact(output.decode(errors="replace").strip()[-800:])
             raise DatabaseError(f"{name} failed for {self.describe()} (exit {returncode}): {detail}")
 
-    def check_pipeline(self, first: str, first_rc: int, first_err: bytes,
-                       second: str, second_rc: int, second_err: bytes) -> None:
-        self.check_tool(first, first_rc, first_err)
-        self.check_tool(second, second_rc, second_err)
+    def load_stream(self, get: StreamSource, facts: dict) -> None:
+        if facts.get("tool") == "mydumper":
+            raise DatabaseError("a mydumper backup is a directory; it is restored from a local store only")
+        self.recreate(facts)
+        with self.defaults_file() as cnf, get(DUMP) as source:
+            decompress_stream_into(source, ["mysql", f"--defaults-extra-file={cnf}", self.params.database],
+                                   "mysql", redact=self.redact)
 
     def load(self, directory: Path, facts: dict) -> None:
         self.recreate(facts)
@@ -249,15 +272,9 @@ class MysqlDatabase(Database):
             self.query(conn, f"CREATE DATABASE {name} CHARACTER SET {charset} COLLATE {collation}")
 
     def run_mysql_client(self, dump: Path) -> None:
-        with self.defaults_file() as cnf:
-            unzip = subprocess.Popen(["zstd", "-q", "-d", "-c", str(dump)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            client = subprocess.Popen(["mysql", f"--defaults-extra-file={cnf}", self.params.database],
-                                      stdin=unzip.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            unzip.stdout.close()
-            client_err = client.communicate()[1]
-            unzip_err = unzip.communicate()[1]
-        self.check_pipeline("zstd", unzip.returncode, unzip_err, "mysql", client.returncode, client_err)
+        with self.defaults_file() as cnf, open(dump, "rb") as source:
+            decompress_stream_into(source, ["mysql", f"--defaults-extra-file={cnf}", self.params.database],
+                                   "mysql", redact=self.redact)
 
     def scratch(self, label: str) -> MysqlDatabase:
         name = f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:24]}_{uuid.uuid4().hex[:8]}"

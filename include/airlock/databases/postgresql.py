@@ -25,13 +25,18 @@ from psycopg2 import sql
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    StreamSink,
+    StreamSource,
     TableStats,
     compress_in_place,
+    compressed_output,
     decompress_into,
+    decompress_stream_into,
     progress_log,
 )
 
 DUMP_DIR = "pg_dump"
+STREAM_DUMP = "database.pgdump.zst"
 JOBS = max(2, os.cpu_count() or 2)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 MAINTENANCE_DB = "postgres"
@@ -165,6 +170,29 @@ class PostgresDatabase(Database):
             stats, facts = self.stats_with(conn), self.facts_with(conn)
             conn.rollback()
         return [f"{DUMP_DIR}/{name}" for name in compress_in_place(out)], stats, facts
+
+    def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
+        """pg_dump's custom format (one stream) through zstd into `put`, on the exported snapshot."""
+        with self.connect(autocommit=False) as conn:
+            self.query(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = self.query(conn, "SELECT pg_export_snapshot()")[0][0]
+            with self.tool_env() as env, compressed_output(
+                    ["pg_dump", *self.connection_args(), "--format=custom", "--compress=0", f"--snapshot={snapshot}",
+                     "--no-owner", "--no-privileges", self.params.database],
+                    f"pg_dump of {self.describe()}", env=env, redact=self.redact) as stream:
+                put(STREAM_DUMP, stream)
+            stats, facts = self.stats_with(conn), self.facts_with(conn)
+            conn.rollback()
+        return [STREAM_DUMP], stats, {**facts, "tool": "pg_dump_custom"}
+
+    def load_stream(self, get: StreamSource, facts: dict) -> None:
+        if facts.get("tool") != "pg_dump_custom":
+            raise DatabaseError("a directory-format pg_dump backup is restored from a local store only")
+        self.recreate(facts)
+        with self.tool_env() as env, get(STREAM_DUMP) as source:
+            decompress_stream_into(source, ["pg_restore", *self.connection_args(), "--no-owner", "--no-privileges",
+                                            "--exit-on-error", f"--dbname={self.params.database}"],
+                                   "pg_restore", env=env, redact=self.redact)
 
     def load(self, directory: Path, facts: dict) -> None:
         self.recreate(facts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import tempfile
 from contextlib import closing
 from pathlib import Path
@@ -11,9 +12,12 @@ from pathlib import Path
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    StreamSink,
+    StreamSource,
     TableStats,
     compress,
     decompress,
+    feed,
     row_checksum_sum,
 )
 
@@ -60,20 +64,58 @@ class SqliteDatabase(Database):
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
+    def snapshot(self, target: Path) -> tuple[TableStats, dict]:
+        """A consistent copy (the online backup API, safe while the server writes) and its stats."""
         if not self.exists():
             raise DatabaseError(f"cannot back up {self.describe()}: the file does not exist")
+        with closing(sqlite3.connect(self.path)) as source, closing(sqlite3.connect(target)) as copy:
+            source.backup(copy)
+        return stats_of(target), {"server_version": sqlite3.sqlite_version,
+                                  "schema_version": schema_version_of(target)}
+
+    def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
         snapshot = directory / "database.sqlite"
-        with closing(sqlite3.connect(self.path)) as source, closing(sqlite3.connect(snapshot)) as target:
-            source.backup(target)  # consistent even while the server writes
-        stats = stats_of(snapshot)
-        facts = {"server_version": sqlite3.sqlite_version, "schema_version": schema_version_of(snapshot)}
+        stats, facts = self.snapshot(snapshot)
         compress(snapshot, directory / SNAPSHOT)
         return [SNAPSHOT], stats, facts
 
+    def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
+        # The snapshot is a local copy of a local file; only its compressed form is streamed.
+        with tempfile.TemporaryDirectory(prefix="airlock-sqlite-") as work:
+            snapshot = Path(work) / "database.sqlite"
+            stats, facts = self.snapshot(snapshot)
+            with subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c", str(snapshot)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) as zstd:
+                put(SNAPSHOT, zstd.stdout)
+                error = zstd.stderr.read()
+            if zstd.returncode != 0:
+                raise DatabaseError(f"zstd failed on the snapshot of {self.describe()}: {error.decode()[-500:]}")
+        return [SNAPSHOT], stats, facts
+
     def load(self, directory: Path, facts: dict) -> None:
-        staged = self.path.with_name(self.path.name + ".airlock-restore")
+        staged = self.staged_path()
         decompress(directory / SNAPSHOT, staged)
+        self.replace_with(staged)
+
+    def load_stream(self, get: StreamSource, facts: dict) -> None:
+        staged = self.staged_path()
+        with get(SNAPSHOT) as source, open(staged, "wb") as out:
+            unzip = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=out,
+                                     stderr=subprocess.PIPE)
+            feed(source, unzip.stdin).join()
+            error = unzip.stderr.read()
+            unzip.wait()
+        if unzip.returncode != 0:
+            staged.unlink(missing_ok=True)
+            raise DatabaseError(f"zstd failed restoring {self.describe()}: {error.decode()[-500:]}")
+        self.replace_with(staged)
+
+    def staged_path(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.with_name(self.path.name + ".airlock-restore")
+
+    def replace_with(self, staged: Path) -> None:
+        """Swap the restored file in atomically, dropping the old file's journals."""
         for suffix in ("-wal", "-shm", "-journal"):
             Path(str(self.path) + suffix).unlink(missing_ok=True)
         os.replace(staged, self.path)

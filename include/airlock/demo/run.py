@@ -198,7 +198,7 @@ def main() -> int:
         say(f"triggered {DAG_ID} run {run['dag_run_id']} with target_version={NEW}")
         state = follow_run(api, run["dag_run_id"])
         say(f"run finished: {state}")
-        print((Path(target.backup_location) / upgrade_log.MARKDOWN).read_text(), flush=True)
+        print((Path(target.log_dir) / upgrade_log.MARKDOWN).read_text(), flush=True)
         for env in envs:
             say(f"{env.name} now serves MLflow {env.adapter.server_version()}")
         say(f"demo took {time.monotonic() - started:.0f} s")

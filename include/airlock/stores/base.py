@@ -1,0 +1,90 @@
+"""What every backup store offers: files in, files out, JSON documents, listing, the upgrade marker."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import BinaryIO
+
+MANIFEST = "manifest.json"
+VERIFICATION = "verification.json"
+IN_PROGRESS = "UPGRADE_IN_PROGRESS.json"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_of_bytes(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+class BackupStore(ABC):
+    """Backup sets keyed by id under <target>/<environment>; a set is complete once its manifest exists."""
+
+    @abstractmethod
+    def location(self, backup_id: str) -> str: ...
+
+    @abstractmethod
+    def begin(self, backup_id: str) -> Path | None:
+        """Clear what an earlier try left; return a local directory to dump into, or None to stream."""
+
+    @abstractmethod
+    def directory(self, backup_id: str) -> Path | None:
+        """The set's local directory (directory-format dumps restore from it), or None."""
+
+    @abstractmethod
+    def put_stream(self, backup_id: str, name: str, stream: BinaryIO, tags: dict[str, str]) -> dict:
+        """Store a stream as one file of the set; return its sha256 and size."""
+
+    @abstractmethod
+    def open_stream(self, backup_id: str, name: str) -> AbstractContextManager[BinaryIO]: ...
+
+    @abstractmethod
+    def digest(self, backup_id: str, name: str) -> dict | None:
+        """sha256 and size of a stored file, read back from the store; None when it is missing."""
+
+    @abstractmethod
+    def write_json(self, backup_id: str, name: str, data: dict, tags: dict[str, str] | None = None) -> dict: ...
+
+    @abstractmethod
+    def read_json(self, backup_id: str, name: str) -> dict | None: ...
+
+    @abstractmethod
+    def backup_ids(self) -> list[str]:
+        """Every set with anything stored, complete or not."""
+
+    @abstractmethod
+    def delete(self, backup_id: str) -> None: ...
+
+    @abstractmethod
+    def marker_location(self) -> str: ...
+
+    @abstractmethod
+    def write_marker(self, record: dict) -> None: ...
+
+    @abstractmethod
+    def read_marker(self) -> dict | None: ...
+
+    @abstractmethod
+    def delete_marker(self) -> None: ...
+
+    # -- shared behaviour ----------------------------------------------------------------------
+    def backups(self) -> list[str]:
+        """Complete sets only: a set without a manifest is never offered for a rollback."""
+        return [backup_id for backup_id in self.backup_ids() if self.read_json(backup_id, MANIFEST)]
+
+    def mark_in_progress(self, record: dict) -> None:
+        self.write_marker(record)
+
+    def in_progress(self) -> dict | None:
+        return self.read_marker()
+
+    def clear_in_progress(self) -> None:
+        self.delete_marker()

@@ -1,0 +1,178 @@
+"""Backups in S3 (a moto server, reached through an Airflow AWS connection and S3Hook): streamed
+round trips, encryption and tags, a failure in the middle of an upload, corruption, retention."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from airlock.backups import (
+    BackupError,
+    apply_retention,
+    is_verified,
+    read_manifest,
+    restore_backup,
+    take_backup,
+    verify_backup,
+)
+from airlock.databases.sqlite import SqliteDatabase
+from airlock.stores.base import MANIFEST
+from airlock.stores.local import LocalBackupStore
+from airlock.stores.s3 import S3BackupStore, S3StoreError
+from services import aws_connection_json, new_database, new_postgres_database, start_moto
+from test_backups import META, execute, fill, rows_of
+
+pytestmark = pytest.mark.integration
+BUCKET = "airlock-backups"
+
+
+@pytest.fixture(scope="module")
+def s3_client():
+    process, endpoint = start_moto()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_AIRLOCK_TEST_AWS", aws_connection_json(endpoint))
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        client = S3Hook(aws_conn_id="airlock_test_aws").get_conn()
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def s3_store(client, prefix: str, **options) -> S3BackupStore:
+    return S3BackupStore(client, f"s3://{BUCKET}/{prefix}", "t", "production", **options)
+
+
+@pytest.fixture(params=["sqlite", "mysql", "postgresql"])
+def db(request, tmp_path):
+    if request.param == "sqlite":
+        database = SqliteDatabase(tmp_path / "mlflow.db")
+        with closing(sqlite3.connect(database.path)) as conn:
+            fill(conn, "sqlite")
+        yield database
+        return
+    if request.param == "postgresql":
+        database = new_postgres_database("airlock_it_s3")
+        with database.connect(autocommit=False) as conn:
+            fill(conn, "postgresql")
+    else:
+        database = new_database("airlock_it_s3", tool="mysqldump")
+        with database.connect() as conn:
+            fill(conn, "mysql")
+    yield database
+    database.drop()
+
+
+def test_streamed_round_trip_encrypted_and_tagged(db, s3_client, request):
+    store = s3_store(s3_client, request.node.name[-20:], sse="AES256")
+    before = rows_of(db)
+    manifest = take_backup(db, store, "b1", META, {"version": "2.16.2"})
+    assert verify_backup(db, store, "b1")["ok"]
+    execute(db, "CREATE TABLE added_by_migration (x INTEGER)", "DELETE FROM metrics WHERE id > 100")
+    restore_backup(db, store, "b1")
+    assert rows_of(db) == before
+    assert "added_by_migration" not in db.table_stats()
+    assert store.backups() == ["b1"]
+    for name in [*manifest.files, MANIFEST]:
+        key = store.key("b1", name)
+        assert s3_client.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+        tags = {t["Key"]: t["Value"] for t in s3_client.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
+        assert tags == {"target": "t", "environment": "production", "purpose": "prepare", "run_id": "r1",
+                        "platform_version": "2.16.2"}
+
+
+def test_s3_failing_in_the_middle_of_an_upload_leaves_no_usable_backup(s3_client):
+    db = new_database("airlock_it_s3_fail", tool="mysqldump")
+    try:
+        execute(db, "CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)",
+                "INSERT INTO big SELECT seq, TO_BASE64(RANDOM_BYTES(300)) FROM seq_1_to_300000")
+        store = s3_store(s3_client, "failing")
+        take_backup(db, store, "earlier", META)
+        verify_backup(db, store, "earlier")
+        aborted: list[str] = []
+
+        def abort_the_upload_once_parts_arrive():
+            deadline = time.monotonic() + 60
+            while not aborted and time.monotonic() < deadline:
+                for upload in s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+                    parts = s3_client.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+                    if parts.get("Parts"):
+                        s3_client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"],
+                                                         UploadId=upload["UploadId"])
+                        aborted.append(upload["Key"])
+                time.sleep(0.05)
+
+        saboteur = threading.Thread(target=abort_the_upload_once_parts_arrive)
+        saboteur.start()
+        with pytest.raises(S3StoreError, match="upload of s3://airlock-backups/failing/t/production/later/"):
+            take_backup(db, store, "later", META)
+        saboteur.join()
+        assert aborted
+        assert store.backups() == ["earlier"]  # the failed one has no manifest: never offered
+        assert not is_verified(store, "later")
+        with pytest.raises(BackupError, match="is not verified; refusing to restore it"):
+            restore_backup(db, store, "later")
+    finally:
+        db.drop()
+
+
+def test_corrupted_object_fails_verification_naming_the_file(s3_client, tmp_path):
+    database = SqliteDatabase(tmp_path / "mlflow.db")
+    with closing(sqlite3.connect(database.path)) as conn:
+        fill(conn, "sqlite")
+    store = s3_store(s3_client, "corrupt")
+    manifest = take_backup(database, store, "b1", META)
+    name = next(iter(manifest.files))
+    s3_client.put_object(Bucket=BUCKET, Key=store.key("b1", name), Body=b"not what was backed up")
+    with pytest.raises(BackupError, match=f"file {name} is corrupted"):
+        verify_backup(database, store, "b1")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_retention_keeps_the_newest_the_young_and_what_a_pending_rollback_needs(kind, s3_client, tmp_path):
+    database = SqliteDatabase(tmp_path / "mlflow.db")
+    with closing(sqlite3.connect(database.path)) as conn:
+        fill(conn, "sqlite")
+    store = (LocalBackupStore(tmp_path / "backups", "t", "production") if kind == "local"
+             else s3_store(s3_client, f"retention-{tmp_path.name}"))
+    now = datetime.now(UTC)
+    ages = {"b-90-days": 90, "b-60-days": 60, "b-40-days": 40, "b-2-days": 2, "b-today": 0}
+    for backup_id, days in ages.items():
+        take_backup(database, store, backup_id, META)
+        manifest = read_manifest(store, backup_id).to_dict()
+        manifest["created_at"] = (now - timedelta(days=days)).isoformat(timespec="seconds")
+        store.write_json(backup_id, MANIFEST, manifest)
+    store.begin("b-partial")  # an upload that never finished has no manifest
+    store.mark_in_progress({"run_id": "r0", "prepare_backup_id": "b-90-days", "final_backup_id": None})
+
+    result = apply_retention(store, keep_last=1, keep_days=30, now=now)
+
+    assert sorted(result["deleted"]) == ["b-40-days", "b-60-days"]
+    assert sorted(store.backups()) == ["b-2-days", "b-90-days", "b-today"]
+    assert result["protected"] == ["b-90-days"]
+    store.clear_in_progress()
+    assert apply_retention(store, keep_last=1, keep_days=30, now=now)["deleted"] == ["b-90-days"]
+
+
+def test_target_with_an_s3_location_needs_a_log_dir(tmp_path):
+    from airlock.config import ConfigError, load_targets
+
+    good = (tmp_path / "t.yaml")
+    text = json.dumps({"targets": {"t": {
+        "platform": "mlflow", "backup": {"location": "s3://bucket/prefix", "sse": "aws:kms", "kms_key_id": "k1"},
+        "environments": {env: {"url": f"http://127.0.0.1:{port}", "driver": {"kind": "process",
+                                                                              "state_dir": f"/srv/{env}"},
+                               "database": {"kind": "sqlite", "path": f"/srv/{env}/m.db"}}
+                         for env, port in (("staging", 1), ("production", 2))}}}})
+    good.write_text(text)
+    with pytest.raises(ConfigError, match="target 't': log_dir: is required"):
+        load_targets(good)
+    good.write_text(text.replace('"platform"', '"log_dir": "/var/log/airlock", "platform"'))
+    backup = load_targets(good)["t"].backup
+    assert (backup.is_s3, backup.sse, backup.kms_key_id, backup.keep_last) == (True, "aws:kms", "k1", 10)
