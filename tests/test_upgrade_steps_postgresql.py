@@ -11,16 +11,31 @@ from airlock import steps
 from airlock.config import load_target
 from airlock.demo import SEED_MLFLOW
 from airlock.environment import open_environment
-from services import new_postgres_database
+from services import aws_connection_json, new_postgres_database, start_moto
 
 pytestmark = pytest.mark.integration
 OLD, NEW = "2.16.2", "3.17.2"
 RUN = "manual__postgresql"
 
 
-@pytest.fixture
-def production(tmp_path, mlflow_venvs):
+@pytest.fixture(scope="module")
+def aws_connection():
+    process, endpoint = start_moto()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_AIRLOCK_TEST_AWS", aws_connection_json(endpoint))
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        S3Hook(aws_conn_id="airlock_test_aws").get_conn().create_bucket(Bucket="airlock-pg")
+        yield "airlock_test_aws"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(params=["local", "s3"])
+def production(request, tmp_path, mlflow_venvs, aws_connection):
     database = new_postgres_database("airlock_it_mlflow")
+    backup = ({"location": str(tmp_path / "backups")} if request.param == "local" else
+              {"location": f"s3://airlock-pg/{tmp_path.name}", "aws_conn_id": aws_connection, "sse": "AES256"})
     envs = {name: {"url": f"http://127.0.0.1:{port}",
                    "driver": {"kind": "process", "state_dir": str(tmp_path / name)},
                    "database": {"kind": "postgresql", "conn_id": "unused_in_this_test", "database": db}}
@@ -28,7 +43,7 @@ def production(tmp_path, mlflow_venvs):
     targets = tmp_path / "targets.yaml"
     targets.write_text(yaml.safe_dump({"targets": {"pg": {
         "platform": "mlflow", "upgrade": {"allow_minor_skips": True},
-        "backup": {"location": str(tmp_path / "backups")}, "environments": envs}}}))
+        "backup": backup, "log_dir": str(tmp_path / "log"), "environments": envs}}}))
     env = open_environment(load_target("pg", targets), "production", resolve=lambda config: database)
     env.driver.start(OLD)
     subprocess.run([str(env.driver.venv_path(OLD) / "bin" / "python"), str(SEED_MLFLOW), env.config.url],
@@ -65,3 +80,4 @@ def test_mlflow_on_postgresql_upgrades_and_rolls_back_to_the_exact_data(producti
     assert env.adapter.fingerprint().digest == before
     assert env.database.table_stats() == tables_before
     assert env.store.in_progress() is None
+    assert {b.split("--")[1] for b in env.store.backups()} == {"prepare", "final"}

@@ -231,6 +231,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             watched >> branch
             branch >> [finished, rolled_back, reported]
             [finished, rolled_back] >> reported
+            [finished, rolled_back, reported] >> step_task(
+                "retention", lambda: steps.retention([staging_env(), production_env()]), retry=RETRY,
+                trigger_rule="all_done")
     return dag
 
 

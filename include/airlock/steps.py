@@ -11,8 +11,10 @@ import time
 
 from airlock.backups import (
     BackupError,
+    apply_retention,
     backup_id_for,
     is_verified,
+    load_backup,
     now_iso,
     read_manifest,
     restore_backup,
@@ -125,7 +127,7 @@ def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
     verification = env.store.read_json(backup_id, VERIFICATION) or {}
     scratch = env.database.scratch("rehearsal")
     try:
-        scratch.load(env.store.path(backup_id), manifest.facts)
+        load_backup(scratch, env.store, manifest)
         migrated = env.driver.migrate(env_plan["target"], database=scratch)
     except DriverError as error:
         raise UpgradeError(f"rehearsal on a copy of {env.name}: the {env_plan['target']} migration failed, so "
@@ -235,6 +237,12 @@ def finish(env: Environment, run_id: str) -> dict:
     env.store.clear_in_progress() if marker else None
     return {"environment": env.name, "finished": marker is not None,
             "final_backup_id": marker.get("final_backup_id") if marker else None}
+
+
+def retention(envs: list[Environment]) -> dict:
+    """Old backup sets go, as the target's backup settings say; never one a pending rollback needs."""
+    backup = envs[0].target.backup
+    return {env.name: apply_retention(env.store, backup.keep_last, backup.keep_days) for env in envs}
 
 
 def rollback(env: Environment, run_id: str) -> dict:
