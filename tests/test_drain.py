@@ -41,6 +41,13 @@ def finish(url: str, run_id: str) -> None:
     request_json("POST", f"{url}/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": "FINISHED"})
 
 
+def drain_trigger(url: str, stale_after_minutes: float, deadline: str):
+    from airlock.triggers import PollTrigger
+
+    return PollTrigger("airlock.triggers:drain_check", {"platform": "mlflow", "url": url,
+                                                         "stale_after_minutes": stale_after_minutes}, 0.5, deadline)
+
+
 def fire(trigger) -> dict:
     async def first_event():
         async for event in trigger.run():
@@ -51,13 +58,12 @@ def fire(trigger) -> dict:
 def test_timeout_lists_the_runs_still_going_and_the_sensor_fails_with_them(staging):
     from airflow.sdk.exceptions import AirflowException
     from airlock.operators import DrainSensor
-    from airlock.triggers import DrainTrigger
 
     url = staging.config.url
     run_id = running_run(url)
     try:
         deadline = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
-        event = fire(DrainTrigger("mlflow", url, 60, 0.5, deadline))
+        event = fire(drain_trigger(url, 60, deadline))
         assert event["status"] == "timeout"
         assert [run_id in r["description"] for r in event["runs"]] == [True]
         assert event["polls"] >= 2
@@ -71,14 +77,13 @@ def test_timeout_lists_the_runs_still_going_and_the_sensor_fails_with_them(stagi
 
 
 def test_drain_completes_when_the_run_finishes_and_ignores_stale_runs(staging):
-    from airlock.triggers import DrainTrigger
 
     url = staging.config.url
     stale = running_run(url, started_minutes_ago=120)  # a crashed client's run, RUNNING forever
     active = running_run(url)
     try:
         deadline = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
-        trigger = DrainTrigger("mlflow", url, 60, 0.5, deadline)
+        trigger = drain_trigger(url, 60, deadline)
 
         async def finish_later():
             await asyncio.sleep(3)
@@ -92,7 +97,7 @@ def test_drain_completes_when_the_run_finishes_and_ignores_stale_runs(staging):
 
         started = time.monotonic()
         event = asyncio.run(both())
-        assert event["status"] == "drained"
+        assert event["status"] == "done"
         assert time.monotonic() - started >= 3
         assert [stale in r["description"] and r["stale"] for r in event["runs"]] == [True]
     finally:

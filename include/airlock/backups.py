@@ -29,10 +29,14 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def run_slug(run_id: str) -> str:
+    """A run id reduced to letters, digits and hyphens (for names of backups, snapshots, instances)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", run_id).strip("-")[:80]
+
+
 def backup_id_for(environment: str, purpose: str, run_id: str) -> str:
     """Deterministic per run, so a retried task finds the backup its first try made."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", run_id).strip("-")[:80]
-    return f"{environment}--{purpose}--{slug}"
+    return f"{environment}--{purpose}--{run_slug(run_id)}"
 
 
 @dataclass

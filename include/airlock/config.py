@@ -24,6 +24,7 @@ ENVIRONMENTS = ("staging", "production")
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -127,13 +128,35 @@ class _Reader:
 
 
 @dataclass(frozen=True)
+class RdsConfig:
+    """An RDS-hosted database: a manual snapshot is taken with the server stopped, and a rollback
+    restores it into a new instance that takes over the old instance's name (and so its endpoint)."""
+
+    instance_id: str
+    aws_conn_id: str = "aws_default"
+    rollback: str = "snapshot"
+    snapshot_timeout_minutes: float = 60
+
+    @classmethod
+    def read(cls, r: _Reader) -> RdsConfig:
+        config = cls(instance_id=r.text("instance_id", pattern=RDS_ID),
+                     aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID),
+                     rollback=r.choice("rollback", ["snapshot", "dump"], default="snapshot"),
+                     snapshot_timeout_minutes=r.number("snapshot_timeout_minutes", 60, minimum=1))
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
-    """Where an environment keeps its metadata: a SQLite file or a MySQL database."""
+    """Where an environment keeps its metadata: a SQLite file, or a MySQL/PostgreSQL database
+    (optionally hosted on RDS)."""
 
     kind: str
     path: str | None = None
     conn_id: str | None = None
     database: str | None = None
+    rds: RdsConfig | None = None
 
     @classmethod
     def read(cls, r: _Reader) -> DatabaseConfig:
@@ -143,8 +166,10 @@ class DatabaseConfig:
             if not os.path.isabs(config.path or ""):
                 r.fail("path", f"must be an absolute path (got {config.path!r})")
         else:
+            rds = RdsConfig.read(r.child("rds")) if r.data.get("rds") is not None else None
+            r.used.add("rds")
             config = cls(kind, conn_id=r.text("conn_id", pattern=CONN_ID),
-                         database=r.text("database", pattern=DB_NAME))
+                         database=r.text("database", pattern=DB_NAME), rds=rds)
         r.done()
         return config
 

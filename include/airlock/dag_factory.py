@@ -18,7 +18,7 @@ from airlock.approval import approval_body, downtime_estimate
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
 from airlock.environment import open_environment
-from airlock.operators import DrainSensor, UpgradeApprovalOperator
+from airlock.operators import DrainSensor, RdsSnapshotSensor, UpgradeApprovalOperator
 from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
@@ -78,6 +78,17 @@ def step_task(task_id: str, call, *inputs, retry: dict = NO_RETRY, **options):
     return run_step(*inputs)
 
 
+def rds_snapshot_steps(target: TargetConfig, name: str, env) -> list:
+    """For a database on RDS: a manual snapshot, and a deferrable wait until it is available."""
+    rds = target.environment(name).database.rds
+    if rds is None:
+        return []
+    return [step_task("rds_snapshot", lambda: steps.rds_snapshot(env(), run_id()), retry=RETRY),
+            RdsSnapshotSensor(task_id="rds_snapshot_ready", aws_conn_id=rds.aws_conn_id, instance_id=rds.instance_id,
+                              snapshot_id=f"{{{{ ti.xcom_pull(task_ids='{name}_upgrade.rds_snapshot')['snapshot'] }}}}",
+                              timeout_minutes=rds.snapshot_timeout_minutes, poll_interval=30, **NO_RETRY)]
+
+
 def environment_steps(target: TargetConfig, name: str, plan) -> list:
     """drain → stop → backup → migrate → start → health → smoke → fingerprint, for one environment."""
 
@@ -93,6 +104,7 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         drain,
         step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
+        *rds_snapshot_steps(target, name, env),
         step_task("migrate", lambda: steps.migrate(env(), run_id())),
         step_task("start", lambda: steps.start(env(), run_id())),
         step_task("health", lambda plan_: steps.check_health(env(), plan_), plan, retry=RETRY),

@@ -9,47 +9,85 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airlock.triggers import DrainTrigger, blocking_runs
+from airlock.triggers import PollTrigger, load_check
 
 
-class DrainSensor(BaseOperator):
-    """Wait, deferred, until no active run is left on an environment; fail listing them on timeout."""
+class PollSensor(BaseOperator):
+    """Checks once; if not done, defers to a PollTrigger until done or `timeout_minutes` pass.
+
+    Subclasses name the `check` function and provide check_kwargs() and timeout_message(event).
+    """
 
     template_fields = ("timeout_minutes",)
-    ui_color = "#fdf2d0"
+    check: str
 
-    def __init__(self, *, platform: str, url: str, environment: str, timeout_minutes: Any,
-                 poll_interval: float, stale_after_minutes: float, **kwargs):
+    def __init__(self, *, timeout_minutes: Any, poll_interval: float, **kwargs):
         super().__init__(**kwargs)
-        self.platform, self.url, self.environment = platform, url, environment
         self.timeout_minutes, self.poll_interval = timeout_minutes, poll_interval
-        self.stale_after_minutes = stale_after_minutes
+
+    def on_done(self, event: dict) -> dict:
+        return event
 
     def execute(self, context):
-        runs = blocking_runs(self.platform, self.url, self.stale_after_minutes)
-        if not [run for run in runs if not run["stale"]]:
-            return self.drained(runs, polls=1)
+        result = load_check(self.check)(**self.check_kwargs())
+        if result["done"]:
+            return self.on_done({**result, "polls": 1})
         deadline = datetime.now(UTC) + timedelta(minutes=float(self.timeout_minutes))
-        self.log.info("%s: waiting for %d run(s) until %s", self.environment, len(runs), deadline.isoformat())
-        self.defer(trigger=DrainTrigger(self.platform, self.url, self.stale_after_minutes, self.poll_interval,
-                                        deadline.isoformat()),
+        self.log.info("waiting until %s at the latest", deadline.isoformat())
+        self.defer(trigger=PollTrigger(self.check, self.check_kwargs(), self.poll_interval, deadline.isoformat()),
                    method_name="execute_complete")
 
     def execute_complete(self, context, event: dict):
-        if event["status"] == "drained":
-            return self.drained(event["runs"], event["polls"])
+        if event["status"] == "done":
+            return self.on_done(event)
         if event["status"] == "timeout":
-            listing = "\n  - ".join(run["description"] for run in event["runs"])
-            raise AirflowException(
-                f"{self.environment}: {len(event['runs'])} run(s) still going after {self.timeout_minutes} "
-                f"min; nothing was stopped. Wait for them or stop them, then clear this task:\n  - {listing}")
-        raise AirflowException(f"{self.environment}: could not read running runs: {event['message']}")
+            raise AirflowException(self.timeout_message(event))
+        raise AirflowException(f"{self.task_id}: {event['message']}")
 
-    def drained(self, runs: list[dict], polls: int) -> dict:
-        stale = [run["description"] for run in runs if run["stale"]]
+
+class DrainSensor(PollSensor):
+    """Wait until no active run is left on an environment; fail listing them on timeout."""
+
+    check = "airlock.triggers:drain_check"
+    ui_color = "#fdf2d0"
+
+    def __init__(self, *, platform: str, url: str, environment: str, stale_after_minutes: float, **kwargs):
+        super().__init__(**kwargs)
+        self.platform, self.url, self.environment = platform, url, environment
+        self.stale_after_minutes = stale_after_minutes
+
+    def check_kwargs(self) -> dict[str, Any]:
+        return {"platform": self.platform, "url": self.url, "stale_after_minutes": self.stale_after_minutes}
+
+    def on_done(self, event: dict) -> dict:
+        stale = [run["description"] for run in event["runs"] if run["stale"]]
         for description in stale:
             self.log.warning("%s: not waiting for %s", self.environment, description)
-        return {"drained": True, "polls": polls, "stale_runs_ignored": stale}
+        return {"drained": True, "polls": event["polls"], "stale_runs_ignored": stale}
+
+    def timeout_message(self, event: dict) -> str:
+        listing = "\n  - ".join(run["description"] for run in event["runs"])
+        return (f"{self.environment}: {len(event['runs'])} run(s) still going after {self.timeout_minutes} min; "
+                f"nothing was stopped. Wait for them or stop them, then clear this task:\n  - {listing}")
+
+
+class RdsSnapshotSensor(PollSensor):
+    """Wait until an RDS snapshot is available (taken with the server stopped, before migrating)."""
+
+    check = "airlock.triggers:snapshot_check"
+    template_fields = ("timeout_minutes", "snapshot_id")
+
+    def __init__(self, *, aws_conn_id: str, instance_id: str, snapshot_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.aws_conn_id, self.instance_id, self.snapshot_id = aws_conn_id, instance_id, snapshot_id
+
+    def check_kwargs(self) -> dict[str, Any]:
+        return {"aws_conn_id": self.aws_conn_id, "instance_id": self.instance_id, "snapshot_id": self.snapshot_id}
+
+    def timeout_message(self, event: dict) -> str:
+        return (f"RDS snapshot {self.snapshot_id} of {self.instance_id} still {event['status']} after "
+                f"{self.timeout_minutes} min; the server stays stopped and nothing was migrated. Clear this task "
+                "to wait again, or roll back.")
 
 
 class UpgradeApprovalOperator(ApprovalOperator):

@@ -18,12 +18,14 @@ from airlock.backups import (
     now_iso,
     read_manifest,
     restore_backup,
+    run_slug,
     take_backup,
     verify_backup,
 )
 from airlock.config import TargetConfig
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment
+from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
 from airlock.stores.base import VERIFICATION
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
@@ -174,6 +176,25 @@ def final_backup(env: Environment, run_id: str) -> dict:
     return result
 
 
+def rds_snapshots(env: Environment) -> RdsSnapshots:
+    rds = env.config.database.rds
+    return RdsSnapshots(client_for(rds.aws_conn_id), rds.instance_id)
+
+
+def rds_snapshot(env: Environment, run_id: str) -> dict:
+    """A manual RDS snapshot, taken with the server stopped (its id goes into the marker)."""
+    marker, rds = marker_of_run(env, run_id), env.config.database.rds
+    if marker is None or rds is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run, or not on RDS"}
+    snapshot_id = snapshot_id_for(rds.instance_id, run_id)
+    result = rds_snapshots(env).create_snapshot(snapshot_id, {
+        "airlock:target": env.target.name, "airlock:environment": env.name, "airlock:run_id": run_id,
+        "airlock:from_version": marker["from_version"]})
+    marker["rds_snapshot_id"] = snapshot_id
+    env.store.mark_in_progress(marker)
+    return result
+
+
 def migrate(env: Environment, run_id: str) -> dict:
     marker = marker_of_run(env, run_id)
     if marker is None:
@@ -181,6 +202,10 @@ def migrate(env: Environment, run_id: str) -> dict:
     final_id = marker.get("final_backup_id")
     if not final_id or not is_verified(env.store, final_id):
         raise UpgradeError(f"refusing to migrate {env.name}: no verified backup taken after the server stopped")
+    if env.config.database.rds and (
+            not marker.get("rds_snapshot_id")
+            or rds_snapshots(env).snapshot_status(marker["rds_snapshot_id"]) != "available"):
+        raise UpgradeError(f"refusing to migrate {env.name}: its RDS snapshot is not available")
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)
     return {"to_version": marker["to_version"], **env.driver.migrate(marker["to_version"])}
@@ -253,7 +278,11 @@ def rollback(env: Environment, run_id: str) -> dict:
     started = time.monotonic()
     env.driver.stop()
     restored = None
-    if marker.get("migration_started"):
+    rds = env.config.database.rds
+    if marker.get("migration_started") and rds and rds.rollback == "snapshot":
+        suffix = run_slug(run_id).lower()[-40:].strip("-")
+        restored = rds_snapshots(env).restore_and_swap(marker["rds_snapshot_id"], suffix)
+    elif marker.get("migration_started"):
         final_id = marker.get("final_backup_id")
         if not final_id:
             raise BackupError(f"{env.name}: migration started without a final backup; restore by hand "

@@ -1,56 +1,69 @@
-"""Deferrable drain: the triggerer polls the platform for running runs, holding no worker slot."""
+"""Deferrable waits: the triggerer polls a check function, so waiting holds no worker slot."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from importlib import import_module
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airlock.http import ServerError
 from airlock.registry import PLATFORMS, load_class
 
 
-def blocking_runs(platform: str, url: str, stale_after_minutes: float) -> list[dict]:
-    """Runs that still hold the drain (stale ones are reported but not waited for)."""
+def drain_check(platform: str, url: str, stale_after_minutes: float) -> dict:
+    """Done when no active run is left; stale runs are reported but not waited for."""
     adapter = load_class(PLATFORMS, platform)(url)
-    runs = adapter.running_runs(timedelta(minutes=stale_after_minutes))
-    return [{"description": run.describe(), "stale": run.stale} for run in runs]
+    runs = [{"description": run.describe(), "stale": run.stale}
+            for run in adapter.running_runs(timedelta(minutes=stale_after_minutes))]
+    active = [run for run in runs if not run["stale"]]
+    return {"done": not active, "runs": active or runs}
 
 
-class DrainTrigger(BaseTrigger):
-    """Fires "drained" when no active run is left, or "timeout" with the runs still going."""
+def snapshot_check(aws_conn_id: str, instance_id: str, snapshot_id: str) -> dict:
+    """Done when the RDS snapshot is available; a failed or vanished snapshot is an error."""
+    from airlock.rds import RdsError, RdsSnapshots, client_for
 
-    def __init__(self, platform: str, url: str, stale_after_minutes: float, poll_interval: float,
-                 deadline: str):
+    status = RdsSnapshots(client_for(aws_conn_id), instance_id).snapshot_status(snapshot_id)
+    if status in ("failed", "incompatible-restore", "missing"):
+        raise RdsError(f"RDS snapshot {snapshot_id} of {instance_id} is {status}")
+    return {"done": status == "available", "status": status, "snapshot": snapshot_id}
+
+
+def load_check(path: str):
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+class PollTrigger(BaseTrigger):
+    """Calls `check(**kwargs)` (a "module:function" path) every `poll_interval` seconds until it
+    returns done, raises, or `deadline` passes; fires "done", "error" or "timeout"."""
+
+    def __init__(self, check: str, kwargs: dict[str, Any], poll_interval: float, deadline: str):
         super().__init__()
-        self.platform, self.url = platform, url
-        self.stale_after_minutes, self.poll_interval, self.deadline = stale_after_minutes, poll_interval, deadline
+        self.check, self.kwargs, self.poll_interval, self.deadline = check, kwargs, poll_interval, deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("airlock.triggers.DrainTrigger", {
-            "platform": self.platform, "url": self.url, "stale_after_minutes": self.stale_after_minutes,
-            "poll_interval": self.poll_interval, "deadline": self.deadline})
+        return ("airlock.triggers.PollTrigger", {"check": self.check, "kwargs": self.kwargs,
+                                                 "poll_interval": self.poll_interval, "deadline": self.deadline})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
-        polls = 0
+        check, polls = load_check(self.check), 0
         while True:
             polls += 1
             try:
-                runs = await asyncio.to_thread(blocking_runs, self.platform, self.url, self.stale_after_minutes)
-            except ServerError as error:
+                result = await asyncio.to_thread(check, **self.kwargs)
+            except Exception as error:  # the sensor turns it into a task failure with this message
                 yield TriggerEvent({"status": "error", "message": str(error), "polls": polls})
                 return
-            active = [run for run in runs if not run["stale"]]
-            if not active:
-                yield TriggerEvent({"status": "drained", "runs": runs, "polls": polls})
+            if result["done"]:
+                yield TriggerEvent({**result, "status": "done", "polls": polls})
                 return
             if datetime.now(UTC) >= deadline:
-                yield TriggerEvent({"status": "timeout", "runs": active, "polls": polls})
+                yield TriggerEvent({**result, "status": "timeout", "polls": polls})
                 return
-            self.log.info("%d run(s) still going on %s; next look in %ss", len(active), self.url,
-                          self.poll_interval)
+            self.log.info("not yet (%s); next look in %ss", self.check, self.poll_interval)
             await asyncio.sleep(self.poll_interval)

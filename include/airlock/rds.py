@@ -1,0 +1,98 @@
+"""RDS snapshots for upgrade rollbacks, through the amazon provider's RDS hook.
+
+Before the migration (server stopped) a manual snapshot of the instance is taken. A rollback
+restores it into a new instance, renames the migrated instance aside (kept for post-mortem, never
+deleted by Airlock) and gives the restored one the original name, so its endpoint, and so every
+client's configuration, stays the same.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from botocore.exceptions import ClientError
+
+
+class RdsError(RuntimeError):
+    """An RDS call failed or an instance/snapshot is not in the state the upgrade needs."""
+
+
+def snapshot_id_for(instance_id: str, run_id: str) -> str:
+    """Deterministic per run (a retry finds its snapshot); letters, digits and single hyphens."""
+    slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", run_id.lower())).strip("-")
+    return f"airlock-{instance_id}-{slug}"[:255].rstrip("-")
+
+
+def client_for(aws_conn_id: str):
+    from airflow.providers.amazon.aws.hooks.rds import RdsHook
+
+    return RdsHook(aws_conn_id=aws_conn_id).conn
+
+
+class RdsSnapshots:
+    def __init__(self, client, instance_id: str):
+        self.client, self.instance_id = client, instance_id
+
+    def call(self, what: str, method, **kwargs):
+        try:
+            return method(**kwargs)
+        except ClientError as error:
+            raise RdsError(f"RDS {what} failed: {error}") from None
+
+    def snapshot_status(self, snapshot_id: str) -> str:
+        """'available', 'creating', 'failed'…, or 'missing'."""
+        try:
+            found = self.client.describe_db_snapshots(DBSnapshotIdentifier=snapshot_id)["DBSnapshots"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "DBSnapshotNotFound":
+                return "missing"
+            raise RdsError(f"RDS describe of snapshot {snapshot_id} failed: {error}") from None
+        return found[0]["Status"] if found else "missing"
+
+    def create_snapshot(self, snapshot_id: str, tags: dict[str, str]) -> dict:
+        """A manual snapshot of the instance (idempotent: an existing one of that id is reused)."""
+        status = self.snapshot_status(snapshot_id)
+        if status == "missing":
+            self.call(f"snapshot of {self.instance_id}", self.client.create_db_snapshot,
+                      DBInstanceIdentifier=self.instance_id, DBSnapshotIdentifier=snapshot_id,
+                      Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+            status = self.snapshot_status(snapshot_id)
+        return {"instance": self.instance_id, "snapshot": snapshot_id, "status": status}
+
+    def instance(self, instance_id: str) -> dict | None:
+        try:
+            return self.client.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"][0]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "DBInstanceNotFound":
+                return None
+            raise RdsError(f"RDS describe of instance {instance_id} failed: {error}") from None
+
+    def wait_available(self, instance_id: str, timeout: float, interval: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.instance(instance_id)
+            if found and found["DBInstanceStatus"] == "available":
+                return
+            if time.monotonic() > deadline:
+                state = found["DBInstanceStatus"] if found else "missing"
+                raise RdsError(f"RDS instance {instance_id} not available after {timeout:.0f} s (now {state})")
+            time.sleep(interval)
+
+    def restore_and_swap(self, snapshot_id: str, suffix: str, timeout: float = 3600, interval: float = 15) -> dict:
+        """Restore the snapshot into a new instance and give it the original name. Idempotent: a
+        rerun after a partial swap continues where the last one stopped."""
+        restored, aside = f"{self.instance_id}-restored-{suffix}"[:63], f"{self.instance_id}-failed-{suffix}"[:63]
+        if self.instance(aside) is None:  # not swapped yet
+            if self.instance(restored) is None:
+                self.call(f"restore of {snapshot_id}", self.client.restore_db_instance_from_db_snapshot,
+                          DBInstanceIdentifier=restored, DBSnapshotIdentifier=snapshot_id)
+            self.wait_available(restored, timeout, interval)
+            self.call(f"rename of {self.instance_id}", self.client.modify_db_instance,
+                      DBInstanceIdentifier=self.instance_id, NewDBInstanceIdentifier=aside, ApplyImmediately=True)
+            self.wait_available(aside, timeout, interval)
+        if self.instance(restored) is not None:
+            self.call(f"rename of {restored}", self.client.modify_db_instance, DBInstanceIdentifier=restored,
+                      NewDBInstanceIdentifier=self.instance_id, ApplyImmediately=True)
+        self.wait_available(self.instance_id, timeout, interval)
+        return {"instance": self.instance_id, "from_snapshot": snapshot_id, "migrated_instance_kept_as": aside}
