@@ -53,3 +53,25 @@ def mlflow_venvs():
         return {version: ensure_platform_venv(adapter, version) for version in ("2.16.2", "3.17.2")}
     except DriverError as error:
         unavailable(f"cannot install MLflow virtualenvs: {error}")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server (S3 and RDS APIs, in memory) for the whole session."""
+    from services import start_moto
+
+    process, endpoint = start_moto()
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def aws_conn_id(moto_endpoint, request):
+    """An Airflow AWS connection to the moto server, named after the test module."""
+    from services import aws_connection_json
+
+    conn_id = f"airlock_test_{request.module.__name__.removeprefix('test_')}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", aws_connection_json(moto_endpoint))
+        yield conn_id

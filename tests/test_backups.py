@@ -62,22 +62,26 @@ def execute(db, *statements: str) -> None:
             db.query(conn, statement)
 
 
-@pytest.fixture(params=["sqlite", "mydumper", "mysqldump", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
+def filled_database(kind: str, tmp_path, prefix: str):
+    """A database of `kind` (sqlite, mydumper, mysqldump or postgresql) with the test tables."""
+    if kind == "sqlite":
         database = SqliteDatabase(tmp_path / "mlflow.db")
         with closing(sqlite3.connect(database.path)) as conn:
             fill(conn, "sqlite")
-        yield database
-        return
-    if request.param == "postgresql":
-        database = new_postgres_database("airlock_it_backup")
+    elif kind == "postgresql":
+        database = new_postgres_database(prefix)
         with database.connect(autocommit=False) as conn:
             fill(conn, "postgresql")
     else:
-        database = new_database("airlock_it_backup", tool=request.param)
+        database = new_database(prefix, tool=kind)
         with database.connect() as conn:
             fill(conn, "mysql")
+    return database
+
+
+@pytest.fixture(params=["sqlite", "mydumper", "mysqldump", "postgresql"])
+def db(request, tmp_path):
+    database = filled_database(request.param, tmp_path, "airlock_it_backup")
     yield database
     database.drop()
 

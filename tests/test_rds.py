@@ -18,25 +18,20 @@ from airlock.environment import open_environment
 from airlock.operators import RdsSnapshotSensor
 from airlock.rds import RdsError, client_for, snapshot_id_for
 from airlock.triggers import PollTrigger
-from services import aws_connection_json, new_database, start_moto
+from services import new_database
 
 pytestmark = pytest.mark.integration
-AWS = "airlock_test_rds"
+AWS = "airlock_test_rds"  # the aws_conn_id fixture names it after this module
 INSTANCE = "mlflow-prod"
 RUN = "manual__2026-11-23T10:00:00+00:00"
 
 
 @pytest.fixture(scope="module")
-def rds_client():
-    process, endpoint = start_moto()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(f"AIRFLOW_CONN_{AWS.upper()}", aws_connection_json(endpoint))
-        client = client_for(AWS)
-        client.create_db_instance(DBInstanceIdentifier=INSTANCE, DBInstanceClass="db.t3.micro", Engine="mysql",
-                                  MasterUsername="admin", MasterUserPassword="not-used-here", AllocatedStorage=20)
-        yield client
-    process.terminate()
-    process.wait(timeout=10)
+def rds_client(aws_conn_id):
+    client = client_for(aws_conn_id)
+    client.create_db_instance(DBInstanceIdentifier=INSTANCE, DBInstanceClass="db.t3.micro", Engine="mysql",
+                              MasterUsername="admin", MasterUserPassword="not-used-here", AllocatedStorage=20)
+    return client
 
 
 @pytest.fixture

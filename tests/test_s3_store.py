@@ -24,47 +24,29 @@ from airlock.databases.sqlite import SqliteDatabase
 from airlock.stores.base import MANIFEST
 from airlock.stores.local import LocalBackupStore
 from airlock.stores.s3 import S3BackupStore, S3StoreError
-from services import aws_connection_json, new_database, new_postgres_database, start_moto
-from test_backups import META, execute, fill, rows_of
+from services import new_database
+from test_backups import META, execute, fill, filled_database, rows_of
 
 pytestmark = pytest.mark.integration
 BUCKET = "airlock-backups"
 
 
 @pytest.fixture(scope="module")
-def s3_client():
-    process, endpoint = start_moto()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW_CONN_AIRLOCK_TEST_AWS", aws_connection_json(endpoint))
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+def s3_client(aws_conn_id):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        client = S3Hook(aws_conn_id="airlock_test_aws").get_conn()
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    process.terminate()
-    process.wait(timeout=10)
+    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    client.create_bucket(Bucket=BUCKET)
+    return client
 
 
 def s3_store(client, prefix: str, **options) -> S3BackupStore:
     return S3BackupStore(client, f"s3://{BUCKET}/{prefix}", "t", "production", **options)
 
 
-@pytest.fixture(params=["sqlite", "mysql", "postgresql"])
+@pytest.fixture(params=["sqlite", "mysqldump", "postgresql"])
 def db(request, tmp_path):
-    if request.param == "sqlite":
-        database = SqliteDatabase(tmp_path / "mlflow.db")
-        with closing(sqlite3.connect(database.path)) as conn:
-            fill(conn, "sqlite")
-        yield database
-        return
-    if request.param == "postgresql":
-        database = new_postgres_database("airlock_it_s3")
-        with database.connect(autocommit=False) as conn:
-            fill(conn, "postgresql")
-    else:
-        database = new_database("airlock_it_s3", tool="mysqldump")
-        with database.connect() as conn:
-            fill(conn, "mysql")
+    database = filled_database(request.param, tmp_path, "airlock_it_s3")
     yield database
     database.drop()
 

@@ -11,7 +11,7 @@ from airlock import steps
 from airlock.config import load_target
 from airlock.demo import SEED_MLFLOW
 from airlock.environment import open_environment
-from services import aws_connection_json, new_postgres_database, start_moto
+from services import new_postgres_database
 
 pytestmark = pytest.mark.integration
 OLD, NEW = "2.16.2", "3.17.2"
@@ -19,16 +19,11 @@ RUN = "manual__postgresql"
 
 
 @pytest.fixture(scope="module")
-def aws_connection():
-    process, endpoint = start_moto()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW_CONN_AIRLOCK_TEST_AWS", aws_connection_json(endpoint))
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+def aws_connection(aws_conn_id):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        S3Hook(aws_conn_id="airlock_test_aws").get_conn().create_bucket(Bucket="airlock-pg")
-        yield "airlock_test_aws"
-    process.terminate()
-    process.wait(timeout=10)
+    S3Hook(aws_conn_id=aws_conn_id).get_conn().create_bucket(Bucket="airlock-pg")
+    return aws_conn_id
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -116,15 +116,21 @@ def client_compatibility(plan_: dict) -> dict:
     return {"client_rule": "same major version", "compatible_with_old_clients": same_major, "note": note}
 
 
+def verified_prepare_backup(env: Environment, run_id: str, refusing: str) -> str:
+    """The id of this run's phase-1 backup of the environment; refuse `refusing` unless it is verified."""
+    backup_id = backup_id_for(env.name, PREPARE, run_id)
+    if not is_verified(env.store, backup_id):
+        raise UpgradeError(f"refusing to {refusing} {env.name}: its backup {backup_id} is not verified")
+    return backup_id
+
+
 def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
     """Run the new version's migration on a copy of the environment restored from its verified
     backup, timed: a migration that fails here stops the upgrade before any server is touched."""
     env_plan = plan_[env.name]
     if env_plan["change"] == "none":
         return {"skipped": f"{env.name} already runs {env_plan['target']}"}
-    backup_id = backup_id_for(env.name, PREPARE, run_id)
-    if not is_verified(env.store, backup_id):
-        raise UpgradeError(f"cannot rehearse on {env.name}: its backup {backup_id} is not verified")
+    backup_id = verified_prepare_backup(env, run_id, "rehearse the migration of")
     manifest = read_manifest(env.store, backup_id)
     verification = env.store.read_json(backup_id, VERIFICATION) or {}
     scratch = env.database.scratch("rehearsal")
@@ -147,9 +153,7 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
     env_plan = plan_[env.name]
     if env_plan["change"] == "none":
         return {"skipped": f"{env.name} already runs {env_plan['target']}"}
-    prepare_id = backup_id_for(env.name, PREPARE, run_id)
-    if not is_verified(env.store, prepare_id):
-        raise UpgradeError(f"refusing to stop {env.name}: its backup {prepare_id} is not verified")
+    prepare_id = verified_prepare_backup(env, run_id, "stop")
     marker = marker_of_run(env, run_id)
     if marker is None:
         fingerprint = env.adapter.fingerprint()

@@ -12,6 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +27,17 @@ StreamSink = Callable[[str, BinaryIO], None]
 StreamSource = Callable[[str], BinaryIO]
 TableStats = dict[str, dict[str, int | str]]
 """{table: {"rows": n, "checksum": "..."}}; the checksum does not depend on row order."""
+
+
+@dataclass(frozen=True)
+class ServerParams:
+    """How to reach a database on a server (the password comes from an Airflow connection)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
 
 
 class Database(ABC):

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
@@ -25,6 +25,7 @@ import MySQLdb
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    ServerParams,
     StreamSink,
     StreamSource,
     TableStats,
@@ -41,13 +42,7 @@ THREADS = max(2, os.cpu_count() or 2)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
-@dataclass(frozen=True)
-class MysqlParams:
-    host: str
-    port: int
-    user: str
-    password: str
-    database: str
+MysqlParams = ServerParams
 
 
 def quote_identifier(name: str) -> str:

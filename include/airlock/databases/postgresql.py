@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,6 +25,7 @@ from psycopg2 import sql
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    ServerParams,
     StreamSink,
     StreamSource,
     TableStats,
@@ -42,13 +43,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 MAINTENANCE_DB = "postgres"
 
 
-@dataclass(frozen=True)
-class PostgresParams:
-    host: str
-    port: int
-    user: str
-    password: str
-    database: str
+PostgresParams = ServerParams
 
 
 class PostgresDatabase(Database):
