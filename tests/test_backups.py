@@ -275,3 +275,17 @@ def test_connection_cut_during_the_dump_fails_the_backup_and_it_is_never_verifie
             verify_backup(db, store, "b1")
     finally:
         db.drop()
+
+
+def test_dump_progress_is_logged_while_it_runs(tmp_path, caplog, monkeypatch):
+    db = new_database("airlock_it_progress", tool="mysqldump")
+    try:
+        execute(db, "CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)",
+                "INSERT INTO big SELECT seq, TO_BASE64(RANDOM_BYTES(300)) FROM seq_1_to_200000")
+        monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", "0.2")
+        caplog.set_level("INFO", logger="airlock.backup")
+        take_backup(db, store_in(tmp_path), "b1", META)
+        lines = [r.getMessage() for r in caplog.records if r.name == "airlock.backup"]
+        assert lines and all(f"dumping {db.params.database}:" in line and "MB/s" in line for line in lines)
+    finally:
+        db.drop()

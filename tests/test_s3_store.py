@@ -158,3 +158,22 @@ def test_target_with_an_s3_location_needs_a_log_dir(tmp_path):
     good.write_text(text.replace('"platform"', '"log_dir": "/var/log/airlock", "platform"'))
     backup = load_targets(good)["t"].backup
     assert (backup.is_s3, backup.sse, backup.kms_key_id, backup.keep_last) == (True, "aws:kms", "k1", 10)
+
+
+def test_kms_encryption_with_the_targets_key(s3_client, aws_conn_id, tmp_path):
+    import boto3
+
+    endpoint = s3_client.meta.endpoint_url
+    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    key_id = kms.create_key(Description="airlock backups")["KeyMetadata"]["KeyId"]
+    database = SqliteDatabase(tmp_path / "mlflow.db")
+    with closing(sqlite3.connect(database.path)) as conn:
+        fill(conn, "sqlite")
+    store = s3_store(s3_client, "kms", sse="aws:kms", kms_key_id=key_id)
+    manifest = take_backup(database, store, "b1", META)
+    for name in [*manifest.files, MANIFEST]:
+        head = s3_client.head_object(Bucket=BUCKET, Key=store.key("b1", name))
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert key_id in head["SSEKMSKeyId"]
+    assert verify_backup(database, store, "b1")["ok"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -189,8 +190,10 @@ def run_checked(argv: list[str], what: str) -> None:
 
 
 @contextmanager
-def progress_log(directory: Path, tables: int, what: str, every: float = 5.0) -> Iterator[None]:
-    """Log how far a dump is (bytes written, rate, tables done) every few seconds."""
+def progress_log(directory: Path, tables: int, what: str) -> Iterator[None]:
+    """Log how far a dump is (bytes written, rate, tables done) every few seconds
+    ($AIRLOCK_PROGRESS_SECONDS, default 5)."""
+    every = float(os.environ.get("AIRLOCK_PROGRESS_SECONDS") or 5)
     done = threading.Event()
     started = time.monotonic()
 
