@@ -4,7 +4,7 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.airlock-installed
-DEB_PKGS  := default-libmysqlclient-dev pkg-config mariadb-client zstd
+DEB_PKGS  := default-libmysqlclient-dev pkg-config mariadb-client mydumper postgresql-client-15 zstd
 APT       := apt-get -o DPkg::Lock::Timeout=300 -y -qq
 
 .PHONY: demo test lint deps system-deps clean

@@ -72,6 +72,9 @@ def test_dag_settings_for_operators(upgrade_dag):
     assert approval.assigned_users == [{"id": "admin", "name": "admin"}]
     assert upgrade_dag.get_task("staging_upgrade.rollback_staging").trigger_rule == "one_failed"
     assert upgrade_dag.get_task("conclude.report").trigger_rule == "all_done"
+    # The report fails the run unless production was upgraded: it must be the only leaf, or a
+    # rejected or rolled-back upgrade would end as a green run.
+    assert [task.task_id for task in upgrade_dag.leaves] == ["conclude.report"]
 
 
 def test_broken_targets_file_is_an_import_error_naming_file_target_and_field(monkeypatch, tmp_path):

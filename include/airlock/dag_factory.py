@@ -173,8 +173,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
         with TaskGroup("staging_upgrade"):
             staging_chain = environment_steps(target, "staging", planned)
             go >> staging_chain[0]
-            staging_chain >> step_task("rollback_staging", lambda: steps.rollback(staging_env(), run_id()),
-                                       trigger_rule="one_failed")
+            staging_rollback = step_task("rollback_staging", lambda: steps.rollback(staging_env(), run_id()),
+                                         trigger_rule="one_failed")
+            staging_chain >> staging_rollback
             staging_finished = step_task("finish_staging", lambda: steps.finish(staging_env(), run_id()))
             staging_chain[-1] >> staging_finished
 
@@ -241,11 +242,11 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             reported = report()
             branch = decide()
             watched >> branch
+            retention = step_task("retention", lambda: steps.retention([staging_env(), production_env()]),
+                                  retry=RETRY, trigger_rule="all_done")
             branch >> [finished, rolled_back, reported]
-            [finished, rolled_back] >> reported
-            [finished, rolled_back, reported] >> step_task(
-                "retention", lambda: steps.retention([staging_env(), production_env()]), retry=RETRY,
-                trigger_rule="all_done")
+            [finished, rolled_back] >> retention >> reported
+            staging_rollback >> reported  # the report is the only leaf: it decides the run's state
     return dag
 
 

@@ -128,13 +128,13 @@ def feed(source: BinaryIO, sink: BinaryIO) -> threading.Thread:
     """Copy a stream into a process's stdin on a thread (closing it at the end)."""
 
     def copy() -> None:
-        try:
-            shutil.copyfileobj(source, sink, 1 << 20)
-        except BrokenPipeError:
-            pass  # the reader failed; its exit code says why
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                sink.close()
+        # A broken pipe means the reading process failed; its exit code and stderr say why.
+        with contextlib.suppress(BrokenPipeError):
+            try:
+                shutil.copyfileobj(source, sink, 1 << 20)
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    sink.close()
 
     thread = threading.Thread(target=copy, daemon=True)
     thread.start()
