@@ -113,8 +113,10 @@ def decompress(source: Path, target: Path) -> None:
 
 
 def compress_in_place(directory: Path) -> list[str]:
-    """zstd every file of a dump directory (multi-threaded, fast level), replacing the originals."""
-    run_checked(["zstd", "-q", "-1", "-T0", "--rm", *sorted(map(str, directory.iterdir()))], "zstd")
+    """zstd every file of a dump directory not compressed yet (multi-threaded, fast level)."""
+    plain = sorted(str(p) for p in directory.iterdir() if p.suffix != ".zst")
+    if plain:
+        run_checked(["zstd", "-q", "-1", "-T0", "--rm", *plain], "zstd")
     return sorted(p.name for p in directory.iterdir())
 
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,24 @@ MysqlParams = ServerParams
 
 def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
+
+
+def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subprocess.Popen]:
+    """While mydumper runs, zstd each file it has closed (one thread each, beside the dump)."""
+    started: set[str] = set()
+    processes = []
+    while dumper.poll() is None:
+        try:
+            open_now = {os.readlink(link) for link in Path(f"/proc/{dumper.pid}/fd").iterdir()}
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        for path in out.glob("*.sql") if out.is_dir() else []:
+            if str(path) not in open_now and path.name not in started:
+                started.add(path.name)
+                processes.append(subprocess.Popen(["zstd", "-q", "-1", "-T1", "--rm", str(path)],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.05)
+    return processes
 
 
 class MysqlDatabase(Database):
@@ -201,14 +220,21 @@ class MysqlDatabase(Database):
         return [DUMP], stats, {**facts, "tool": "mysqldump"}
 
     def run_mydumper(self, directory: Path) -> None:
-        """Parallel per-table (and per-chunk) dump; run while this session holds the read locks."""
+        """Parallel per-table (and per-chunk) dump; run while this session holds the read locks.
+        Files mydumper has finished are compressed while it works on the others."""
         out = directory / MYDUMPER_DIR
         with self.defaults_file() as cnf:
-            result = subprocess.run(
-                ["mydumper", f"--defaults-file={cnf}", "--database", self.params.database,
-                 "--outputdir", str(out), "--threads", str(THREADS), "--rows", "250000", "--no-locks",
-                 "--verbose", "1"], capture_output=True, check=False)
-        self.check_tool("mydumper", result.returncode, result.stderr + result.stdout)
+            dumper = subprocess.Popen(
+                ["mydumper", f"--defaults-file={cnf}", "--database", self.params.database, "--outputdir", str(out),
+                 "--threads", str(2 * THREADS), "--rows", "250000", "--no-locks", "--verbose", "1"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            with ThreadPoolExecutor(1) as reader:
+                output = reader.submit(dumper.stdout.read)
+                compressing = compress_finished_files(dumper, out)
+                returncode = dumper.wait()
+                for process in compressing:
+                    process.wait()
+                self.check_tool("mydumper", returncode, output.result())
 
     def run_dump(self, target: Path) -> None:
         with self.mysqldump_stream() as compressed, open(target, "wb") as out:
