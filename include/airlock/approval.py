@@ -32,7 +32,8 @@ def approval_body(target: str, plan: dict, staging: dict, backups: dict, invento
     lines += [f"- {name}: `{b.get('backup_id')}` ({b.get('tables')} tables, {b.get('rows')} rows) at "
               f"`{b.get('location')}`" for name, b in backups.items()]
     if downtime:
-        parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in downtime["parts"].items())
+        parts = ", ".join(f"{name} {seconds:.1f} s" if seconds >= 0.1 else f"{name} <0.1 s"
+                          for name, seconds in downtime["parts"].items())
         lines += ["", f"### Estimated production downtime: about {downtime['seconds']:.0f} s", f"({parts})"]
     running = inventory.get("production") or []
     lines += [
