@@ -20,7 +20,11 @@ def test_each_way_a_run_can_end_has_its_own_outcome():
     assert decide_outcome({**base, "staging_upgrade.rollback_staging": {"rolled_back": True}})[0] == "staging_failed"
     assert decide_outcome({**base, "conclude.rollback_production": {"rolled_back": True, "version": "2.16.2"}})[0] \
         == "rolled_back"
-    assert decide_outcome({**base, "conclude.decide": "conclude.rollback_production"})[0] == "rollback_failed"
+    half = {"production": "/b/t/production/UPGRADE_IN_PROGRESS.json"}
+    outcome, detail = decide_outcome({**base, "_half_upgraded": half})
+    assert outcome == "rollback_failed" and "HALF-UPGRADED" in detail and half["production"] in detail
+    outcome, detail = decide_outcome({**base, "_half_upgraded": {"staging": "/b/t/staging/UPGRADE_IN_PROGRESS.json"}})
+    assert outcome == "staging_rollback_failed" and "production untouched" in detail
     assert decide_outcome({**base, "compatibility.proceed": False})[0] == "planned"
     noop = {"preflight.plan": {**PLAN, "production": {"change": "none", "description": "already at 3.17.2"}}}
     assert decide_outcome(noop)[0] == "nothing_to_do"

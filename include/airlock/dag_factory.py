@@ -227,6 +227,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 ti = context["ti"]
                 results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in dag.task_ids}
                 results["uat.approval"] = ti.xcom_pull(task_ids="uat.approval", key="decision")
+                results["_half_upgraded"] = {env.name: env.store.marker_location()
+                                             for env in (staging_env(), production_env())
+                                             if steps.marker_of_run(env, run_id()) is not None}
                 record = upgrade_log.build_record(target.name, context["run_id"],
                                                   context["dag_run"].start_date.isoformat(timespec="seconds"),
                                                   results)

@@ -57,8 +57,14 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
         return "rejected", f"rejected at the UAT gate by {approver_of(gate)}: production untouched"
     if staging_rollback.get("rolled_back"):
         return "staging_failed", "staging failed and was rolled back; production untouched"
-    if results.get("conclude.decide") == "conclude.rollback_production" and not prod_rollback:
-        return "rollback_failed", "production rollback FAILED: see conclude.rollback_production's log"
+    if "staging" in (results.get("_half_upgraded") or {}):
+        return "staging_rollback_failed", (f"staging is HALF-UPGRADED and its rollback failed (marker "
+                                           f"{results['_half_upgraded']['staging']}); production untouched. "
+                                           "See staging_upgrade.rollback_staging's log, then clear it")
+    if "production" in (results.get("_half_upgraded") or {}):
+        return "rollback_failed", (f"production is HALF-UPGRADED and its rollback FAILED (marker "
+                                   f"{results['_half_upgraded']['production']}): see conclude.rollback_production's "
+                                   "log, then clear it")
     return "failed", "the upgrade stopped before production was changed; see the failed task's log"
 
 
