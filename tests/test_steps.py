@@ -10,7 +10,7 @@ from airlock.backups import backup_id_for
 from airlock.config import load_targets
 from airlock.drivers.process import DriverError
 from airlock.environment import open_environment
-from airlock.steps import UpgradeError, freeze, validate
+from airlock.steps import UpgradeError, final_backup, freeze, validate
 from airlock.versions import PlanError
 
 
@@ -62,3 +62,13 @@ def test_driver_refuses_a_port_it_does_not_own(demo):
         server.shutdown()
         server.server_close()
     assert env.driver.stop() == {"stopped": False, "reason": "not running"}
+
+
+def test_final_backup_is_never_retaken_once_the_migration_has_started(demo):
+    _, envs = demo
+    env = envs[0]
+    env.store.mark_in_progress({"run_id": "r1", "from_version": "2.16.2", "prepare_backup_id": "staging--prepare--r1",
+                                "migration_started": True})
+    with pytest.raises(UpgradeError, match="refusing to back up staging again: its migration has started"):
+        final_backup(env, "r1")
+    assert env.store.backups() == []  # nothing was dumped from the migrated database

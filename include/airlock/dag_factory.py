@@ -17,7 +17,7 @@ from airlock import steps, upgrade_log
 from airlock.approval import approval_body, downtime_estimate
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
-from airlock.environment import open_environment
+from airlock.environment import open_environment, open_store
 from airlock.operators import DrainSensor, RdsSnapshotSensor, UpgradeApprovalOperator
 from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
 
@@ -215,7 +215,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             @task.branch(task_id="decide", trigger_rule="all_done", **NO_RETRY)
             def decide():
                 ti = get_current_context()["ti"]
-                if steps.marker_of_run(production_env(), run_id()) is None:
+                if steps.run_marker(open_store(target, "production"), run_id()) is None:
                     return "conclude.report"
                 if ti.xcom_pull(task_ids="production_upgrade.watch"):
                     return "conclude.finish"
@@ -227,9 +227,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 ti = context["ti"]
                 results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in dag.task_ids}
                 results["uat.approval"] = ti.xcom_pull(task_ids="uat.approval", key="decision")
-                results["_half_upgraded"] = {env.name: env.store.marker_location()
-                                             for env in (staging_env(), production_env())
-                                             if steps.marker_of_run(env, run_id()) is not None}
+                stores = {name: open_store(target, name) for name in ("staging", "production")}
+                results["_half_upgraded"] = {name: store.marker_location() for name, store in stores.items()
+                                             if steps.run_marker(store, run_id()) is not None}
                 record = upgrade_log.build_record(target.name, context["run_id"],
                                                   context["dag_run"].start_date.isoformat(timespec="seconds"),
                                                   results)

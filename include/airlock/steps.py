@@ -26,7 +26,7 @@ from airlock.config import TargetConfig
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
-from airlock.stores.base import VERIFICATION
+from airlock.stores.base import VERIFICATION, BackupStore
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
 PREPARE, FINAL = "prepare", "final"
@@ -38,7 +38,12 @@ class UpgradeError(RuntimeError):
 
 def marker_of_run(env: Environment, run_id: str) -> dict | None:
     """The in-progress marker, if this run is the one that touched the environment."""
-    marker = env.store.in_progress()
+    return run_marker(env.store, run_id)
+
+
+def run_marker(store: BackupStore, run_id: str) -> dict | None:
+    """The same, from the store alone (no database connection needed: the report must not fail)."""
+    marker = store.in_progress()
     return marker if marker and marker.get("run_id") == run_id else None
 
 
@@ -174,6 +179,12 @@ def final_backup(env: Environment, run_id: str) -> dict:
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
+    final_id = backup_id_for(env.name, FINAL, run_id)
+    if marker.get("migration_started") and not is_verified(env.store, final_id):
+        # A dump taken now would hold the migrated schema and a rollback would "restore" it.
+        raise UpgradeError(f"refusing to back up {env.name} again: its migration has started and the backup "
+                           f"{final_id} taken before it is not verified; roll back from "
+                           f"{marker['prepare_backup_id']} by hand")
     result = backup(env, FINAL, run_id, marker["from_version"])
     marker["final_backup_id"] = result["backup_id"]
     env.store.mark_in_progress(marker)
@@ -263,7 +274,8 @@ def watch(env: Environment, plan_: dict, seconds: float, interval: float = 2.0) 
 def finish(env: Environment, run_id: str) -> dict:
     """The upgrade of this environment is done: drop the marker so the next run may start."""
     marker = marker_of_run(env, run_id)
-    env.store.clear_in_progress() if marker else None
+    if marker:
+        env.store.clear_in_progress()
     return {"environment": env.name, "finished": marker is not None,
             "final_backup_id": marker.get("final_backup_id") if marker else None}
 

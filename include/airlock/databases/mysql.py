@@ -55,11 +55,15 @@ def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subproc
     started: set[str] = set()
     processes = []
     while dumper.poll() is None:
+        # List the files first, then what mydumper holds open: a file that exists and is not open
+        # afterwards is finished (mydumper writes each file once). The other order would catch a
+        # file created between the two looks and compress it while it is still being written.
+        present = sorted(out.glob("*.sql")) if out.is_dir() else []
         try:
             open_now = {os.readlink(link) for link in Path(f"/proc/{dumper.pid}/fd").iterdir()}
         except (FileNotFoundError, ProcessLookupError):
             break
-        for path in out.glob("*.sql") if out.is_dir() else []:
+        for path in present:
             if str(path) not in open_now and path.name not in started:
                 started.add(path.name)
                 processes.append(subprocess.Popen(["zstd", "-q", "-1", "-T1", "--rm", str(path)],
