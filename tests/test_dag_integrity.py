@@ -51,9 +51,26 @@ def test_phases_are_task_groups_in_order(upgrade_dag):
 
 def test_environment_steps_run_in_the_safe_order(upgrade_dag):
     for env in ("staging_upgrade", "production_upgrade"):
-        steps = ["drain", "stop", "backup", "migrate", "start", "health", "smoke", "fingerprint"]
+        steps = ["drain", "drain_decision", "proceed", "stop", "backup", "migrate", "start", "health", "smoke",
+                 "fingerprint"]
         for earlier, later in itertools.pairwise(steps):
             assert f"{env}.{earlier}" in upgrade_dag.get_task(f"{env}.{later}").upstream_task_ids
+        # stop runs after a drain, a "proceed" answer or a longer wait, never after an abort
+        stop = upgrade_dag.get_task(f"{env}.stop")
+        assert {f"{env}.proceed", f"{env}.wait_longer"} <= stop.upstream_task_ids
+        assert f"{env}.abort" not in stop.get_flat_relative_ids(upstream=True)
+        assert stop.trigger_rule == "none_failed_min_one_success"
+    assert "staging_upgrade.fingerprint" in upgrade_dag.get_task("staging_upgrade.artifacts").upstream_task_ids
+
+
+def test_drain_decision_defaults_to_abort(upgrade_dag):
+    """Nobody answering on-call's question must never stop a server with runs on it."""
+    for env in ("staging_upgrade", "production_upgrade"):
+        decision = upgrade_dag.get_task(f"{env}.drain_decision")
+        assert decision.defaults == ["Abort"]
+        assert decision.response_timeout.total_seconds() == 60 * 60
+        assert decision.options_mapping == {"Wait longer": f"{env}.wait_longer", "Proceed anyway": f"{env}.proceed",
+                                            "Abort": f"{env}.abort"}
 
 
 def test_retries_only_where_a_retry_is_safe(upgrade_dag):

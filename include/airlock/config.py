@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS
+from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORM_DATABASES, PLATFORMS
 
 DEFAULT_TARGETS_FILE = Path(__file__).resolve().parent.parent / "targets.yaml"
 TARGETS_FILE_ENV = "AIRLOCK_TARGETS_FILE"
@@ -25,6 +25,9 @@ TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+SECRET_LOOKING = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|STORE_URL|DATABASE_URL|URI$")
+DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -121,6 +124,33 @@ class _Reader:
             self.fail(key, f"must be a list of names (got {value!r})")
         return list(value)
 
+    def paths(self, key: str) -> list[str]:
+        """A list of absolute paths (environment references expanded)."""
+        paths = []
+        for index, value in enumerate(self.names(key)):
+            try:
+                value = expand_env(value)
+            except KeyError as missing:
+                self.fail(f"{key}[{index}]", f"uses environment variable {missing} which is not set")
+            if not os.path.isabs(value):
+                self.fail(f"{key}[{index}]", f"must be an absolute path on the worker (got {value!r})")
+            paths.append(value)
+        return paths
+
+    def environment_variables(self, key: str) -> dict[str, str]:
+        """Plain (non-secret) environment variables for a server process."""
+        value = self._get(key, False, {})
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping of NAME: value (got {value!r})")
+        for name, text in value.items():
+            if not isinstance(name, str) or not ENV_NAME.match(name):
+                self.fail(f"{key}.{name}", "is not an environment variable name (A-Z, 0-9, _)")
+            if SECRET_LOOKING.search(name):
+                self.fail(f"{key}.{name}", "looks like a secret; keep secrets in Airflow connections")
+            if not isinstance(text, str | int | float | bool):
+                self.fail(f"{key}.{name}", f"must be a string (got {text!r})")
+        return {name: str(text) for name, text in value.items()}
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
@@ -183,6 +213,8 @@ class DriverConfig:
     start_timeout_seconds: float
     stop_timeout_seconds: float
     artifact_root: str
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra, non-secret environment of the server process (e.g. ZENML_SERVER_AUTH_SCHEME)."""
 
     @classmethod
     def read(cls, r: _Reader) -> DriverConfig:
@@ -196,6 +228,7 @@ class DriverConfig:
             start_timeout_seconds=r.number("start_timeout_seconds", 180, minimum=1),
             stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1),
             artifact_root=r.text("artifact_root", default=os.path.join(state_dir, "artifacts")),
+            env=r.environment_variables("env"),
         )
         r.done()
         return config
@@ -209,6 +242,9 @@ class EnvironmentConfig:
     url: str
     driver: DriverConfig
     database: DatabaseConfig
+    pause_dags: list[str] = field(default_factory=list)
+    """Airflow DAGs (the teams' training DAGs) paused from the drain until this environment's
+    upgrade ends, whatever the outcome; DAGs that were already paused are left paused."""
 
     @property
     def host(self) -> str:
@@ -227,18 +263,26 @@ class EnvironmentConfig:
             r.fail("url", f"must be an http(s) URL with a host (got {url!r})")
         if parsed.username or parsed.password:
             r.fail("url", "must not contain credentials; keep secrets in Airflow connections")
-        config = cls(name, url, DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")))
+        config = cls(name, url, DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
+                     r.names("pause_dags"))
+        for index, dag_id in enumerate(config.pause_dags):
+            if not DAG_ID.match(dag_id):
+                r.fail(f"pause_dags[{index}]", f"{dag_id!r} is not a DAG id")
         r.done()
         return config
 
 
 @dataclass(frozen=True)
 class DrainConfig:
-    """How long to wait for running pipelines before touching a server."""
+    """How long to wait for running pipelines before touching a server, how long on-call has to
+    answer when they are still running (no answer = abort), and the Airflow connection used to
+    pause the teams' DAGs (each environment's `pause_dags`) while its server is upgraded."""
 
     timeout_minutes: float = 60
     poll_interval_seconds: float = 30
     stale_after_minutes: float = 24 * 60
+    decision_timeout_minutes: float = 60
+    airflow_api_conn_id: str = "airlock_airflow_api"
 
     @classmethod
     def read(cls, r: _Reader) -> DrainConfig:
@@ -246,7 +290,28 @@ class DrainConfig:
             timeout_minutes=r.number("timeout_minutes", cls.timeout_minutes, minimum=0),
             poll_interval_seconds=r.number("poll_interval_seconds", cls.poll_interval_seconds, minimum=0.1),
             stale_after_minutes=r.number("stale_after_minutes", cls.stale_after_minutes, minimum=1),
+            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1),
+            airflow_api_conn_id=r.text("airflow_api_conn_id", default=cls.airflow_api_conn_id, pattern=CONN_ID),
         )
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class CompatibilityConfig:
+    """Client compatibility: the teams' requirement or lock files to check against the new server
+    version, what an incompatible one does (fail the phase, or warn), and how many of the most
+    recent models/artifacts the new client must load from upgraded staging."""
+
+    client_files: list[str] = field(default_factory=list)
+    on_incompatible: str = "fail"
+    recent_artifacts: int = 5
+
+    @classmethod
+    def read(cls, r: _Reader) -> CompatibilityConfig:
+        config = cls(client_files=r.paths("client_files"),
+                     on_incompatible=r.choice("on_incompatible", ["fail", "warn"], default="fail"),
+                     recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, integer=True)))
         r.done()
         return config
 
@@ -301,6 +366,7 @@ class TargetConfig:
     log_dir: str
     allow_minor_skips: bool
     drain: DrainConfig
+    compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
     source: str = ""
 
@@ -324,14 +390,23 @@ class TargetConfig:
         allow_minor_skips = upgrade.flag("allow_minor_skips", False)
         upgrade.done()
         drain = DrainConfig.read(r.child("drain", required=False))
+        compatibility = CompatibilityConfig.read(r.child("compatibility", required=False))
         envs = r.child("environments")
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
         envs.done()
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
-                     environments, r.source)
+                     compatibility, environments, r.source)
         target.check_environments_are_distinct(r)
+        target.check_database_kinds(r)
         return target
+
+    def check_database_kinds(self, r: _Reader) -> None:
+        supported = PLATFORM_DATABASES[self.platform]
+        for name, env in self.environments.items():
+            if env.database.kind not in supported:
+                r.fail(f"environments.{name}.database.kind", f"{self.platform} servers do not run on "
+                                                            f"{env.database.kind} (supported: {', '.join(supported)})")
 
     def check_environments_are_distinct(self, r: _Reader) -> None:
         """Staging and production sharing a URL, database or state would make staging touch production."""

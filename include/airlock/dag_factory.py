@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from airlock import steps, upgrade_log
+from airlock import airflow_api, steps, upgrade_log
+from airlock.airflow_api import AirflowApi, PausedRecord
 from airlock.approval import approval_body, downtime_estimate
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
-from airlock.environment import open_environment, open_store
-from airlock.operators import DrainSensor, RdsSnapshotSensor, UpgradeApprovalOperator
+from airlock.environment import open_adapter, open_environment, open_store
+from airlock.operators import DrainDecisionOperator, DrainSensor, RdsSnapshotSensor, UpgradeApprovalOperator
 from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
@@ -59,8 +60,8 @@ def params(target: TargetConfig) -> dict[str, Param]:
         "drain_timeout_minutes": Param(
             target.drain.timeout_minutes, type="number", minimum=0, maximum=7 * 24 * 60,
             title="Drain timeout (minutes)",
-            description="How long to wait for running runs on each environment before failing without "
-                        "stopping anything."),
+            description="How long to wait for running runs on each environment before asking on-call "
+                        "to wait longer, proceed anyway or abort (nothing is stopped until they answer)."),
         "watch_seconds": Param(
             60, type="integer", minimum=0, maximum=24 * 3600, title="Post-upgrade watch (seconds)",
             description="How long production is watched after the upgrade; a failed check rolls it back."),
@@ -89,20 +90,77 @@ def rds_snapshot_steps(target: TargetConfig, name: str, env) -> list:
                               timeout_minutes=rds.snapshot_timeout_minutes, poll_interval=30, **NO_RETRY)]
 
 
+def drain_steps(target: TargetConfig, name: str) -> tuple[list, list]:
+    """drain → (drained: go on | still running: ask on-call to wait longer, proceed or abort).
+    Returns every task, and the tasks after which the environment may be stopped."""
+    group, env_config = f"{name}_upgrade", target.environment(name)
+    sensor = functools.partial(
+        DrainSensor, platform=target.platform, url=env_config.url, environment=name,
+        timeout_minutes="{{ params.drain_timeout_minutes }}", poll_interval=target.drain.poll_interval_seconds,
+        stale_after_minutes=target.drain.stale_after_minutes, **NO_RETRY)
+    drain = sensor(task_id="drain", ask_on_timeout=True)
+    decision = DrainDecisionOperator(
+        task_id="drain_decision", drain_task_id=f"{group}.drain", wait_task_id=f"{group}.wait_longer",
+        proceed_task_id=f"{group}.proceed", abort_task_id=f"{group}.abort",
+        subject=f"{target.name} {name}: runs still going after the drain timeout. Wait, proceed or abort?",
+        body=DRAIN_DECISION_BODY.replace("GROUP", group).replace("ENV", name),
+        assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
+        response_timeout=timedelta(minutes=target.drain.decision_timeout_minutes), **NO_RETRY)
+    wait_longer = sensor(task_id="wait_longer")
+
+    def drain_outcome():
+        pull = get_current_context()["ti"].xcom_pull
+        return (pull(task_ids=f"{group}.drain") or {},
+                pull(task_ids=f"{group}.drain_decision", key="decision"))
+
+    proceed = step_task("proceed", lambda: steps.proceed_despite_runs(name, *drain_outcome()))
+    abort = step_task("abort", lambda: steps.abort_upgrade(name, target.drain.decision_timeout_minutes,
+                                                           *drain_outcome()))
+    drain >> decision >> [wait_longer, proceed, abort]
+    return [drain, decision, wait_longer, proceed, abort], [wait_longer, proceed]
+
+
+DRAIN_DECISION_BODY = """**Runs still going on ENV** after
+{{ ti.xcom_pull(task_ids='GROUP.drain')['timeout_minutes'] }} min:
+
+{% for run in ti.xcom_pull(task_ids='GROUP.drain')['runs'] %}- {{ run }}
+{% endfor %}
+- **Wait longer**: wait the drain timeout again; if they are still going then, the upgrade fails with
+  nothing stopped.
+- **Proceed anyway**: stop the server now; the runs above WILL BE INTERRUPTED.
+- **Abort**: stop the upgrade here; nothing was stopped. This is what happens if nobody answers.
+"""
+
+
+def pause_steps(target: TargetConfig, name: str) -> tuple[list, list]:
+    """Pause the environment's `pause_dags` before its drain; unpause them (whatever happened)
+    after its upgrade. ([pause] or [], [unpause] or [])."""
+    dag_ids = target.environment(name).pause_dags
+    if not dag_ids:
+        return [], []
+
+    def api():
+        return AirflowApi.from_connection(target.drain.airflow_api_conn_id)
+
+    record = PausedRecord(target.name, name)
+    return ([step_task(f"pause_dags_{name}", lambda: airflow_api.pause(api(), dag_ids, record), retry=RETRY)],
+            [step_task(f"unpause_dags_{name}", lambda: airflow_api.unpause(api(), record), retry=RETRY,
+                       trigger_rule="all_done")])
+
+
 def environment_steps(target: TargetConfig, name: str, plan) -> list:
-    """drain → stop → backup → migrate → start → health → smoke → fingerprint, for one environment."""
+    """drain (+ decision) → stop → backup → migrate → start → health → smoke → fingerprint (→ artifact
+    loading with the new client, on staging), for one environment."""
 
     def env():
         return open_environment(target, name)
 
-    drain = DrainSensor(
-        task_id="drain", platform=target.platform, url=target.environment(name).url, environment=name,
-        timeout_minutes="{{ params.drain_timeout_minutes }}",
-        poll_interval=target.drain.poll_interval_seconds,
-        stale_after_minutes=target.drain.stale_after_minutes, **NO_RETRY)
+    drain_tasks, ready = drain_steps(target, name)
+    stop = step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan,
+                     trigger_rule="none_failed_min_one_success")
+    ready >> stop
     chain = [
-        drain,
-        step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
+        stop,
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
         *rds_snapshot_steps(target, name, env),
         step_task("migrate", lambda: steps.migrate(env(), run_id())),
@@ -111,9 +169,11 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         step_task("smoke", lambda: steps.smoke(env()), retry=RETRY),
         step_task("fingerprint", lambda: steps.verify_fingerprint(env(), run_id()), retry=RETRY),
     ]
+    if name == "staging":
+        chain.append(step_task("artifacts", lambda plan_: steps.check_artifacts(env(), plan_), plan, retry=RETRY))
     for upstream, downstream in itertools.pairwise(chain):
         upstream >> downstream
-    return chain
+    return [*drain_tasks, *chain]
 
 
 def build_upgrade_dag(target: TargetConfig) -> DAG:
@@ -167,17 +227,22 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             rehearsal = step_task("rehearse_migration", lambda plan_: steps.rehearse_migration(
                 production_env(), run_id(), plan_), planned, retry=RETRY)
             [prepared[1], versions_ready] >> rehearsal
-            [*prepared, rehearsal, step_task("client_compatibility", steps.client_compatibility, planned,
-                                             retry=RETRY)] >> go
+            clients = step_task("client_compatibility", lambda plan_: steps.client_compatibility(
+                target, open_adapter(target, "production"), plan_), planned, retry=RETRY)
+            [*prepared, rehearsal, clients] >> go
 
         with TaskGroup("staging_upgrade"):
+            pause_staging, unpause_staging = pause_steps(target, "staging")
             staging_chain = environment_steps(target, "staging", planned)
-            go >> staging_chain[0]
+            go >> [*pause_staging, staging_chain[0]]
+            pause_staging >> staging_chain[0]
             staging_rollback = step_task("rollback_staging", lambda: steps.rollback(staging_env(), run_id()),
                                          trigger_rule="one_failed")
             staging_chain >> staging_rollback
             staging_finished = step_task("finish_staging", lambda: steps.finish(staging_env(), run_id()))
             staging_chain[-1] >> staging_finished
+            for unpause in unpause_staging:
+                [staging_finished, staging_rollback] >> unpause
 
         with TaskGroup("uat"):
             @task(task_id="summary", **RETRY)
@@ -205,8 +270,10 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             staging_finished >> summary(planned) >> approval
 
         with TaskGroup("production_upgrade"):
+            pause_production, unpause_production = pause_steps(target, "production")
             production_chain = environment_steps(target, "production", planned)
-            approval >> production_chain[0]
+            approval >> [*pause_production, production_chain[0]]
+            pause_production >> production_chain[0]
             watched = step_task("watch", lambda plan_: steps.watch(
                 production_env(), plan_, float(get_current_context()["params"]["watch_seconds"])), planned)
             production_chain[-1] >> watched
@@ -238,18 +305,30 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 if record["outcome"] not in GOOD_OUTCOMES:
                     raise AirflowFailException(f"upgrade of {target.name} {record['outcome'].upper()}: "
                                                f"{record['detail']} (upgrade log: {table})")
+                still_paused = {name: PausedRecord(target.name, name).read() for name in ("staging", "production")
+                                if target.environment(name).pause_dags}
+                if any(still_paused.values()):
+                    raise AirflowFailException(f"upgrade of {target.name} {record['outcome']}, but DAGs that Airlock "
+                                               f"paused are STILL PAUSED: {still_paused}; clear the unpause_dags "
+                                               "task(s) or unpause them in the UI")
                 return record
 
             finished = step_task("finish", lambda: steps.finish(production_env(), run_id()))
             rolled_back = step_task("rollback_production", lambda: steps.rollback(production_env(), run_id()))
             reported = report()
             branch = decide()
-            watched >> branch
+            [*production_chain, watched] >> branch  # a production abort ends here too (all_done)
             retention = step_task("retention", lambda: steps.retention([staging_env(), production_env()]),
                                   retry=RETRY, trigger_rule="all_done")
             branch >> [finished, rolled_back, reported]
             [finished, rolled_back] >> retention >> reported
-            staging_rollback >> reported  # the report is the only leaf: it decides the run's state
+            followed_up = step_task("follow_ups", lambda plan_: steps.follow_ups(production_env(), plan_), planned,
+                                    retry=RETRY)
+            finished >> followed_up >> reported
+            for unpause in unpause_production:
+                [finished, rolled_back] >> unpause >> retention
+            # the report is the only leaf: it decides the run's state
+            [staging_rollback, *unpause_staging] >> reported
     return dag
 
 

@@ -51,9 +51,14 @@ class Environment:
         return timedelta(minutes=self.target.drain.stale_after_minutes)
 
 
+def open_adapter(target: TargetConfig, name: str) -> PlatformAdapter:
+    """The platform adapter of one environment (no database connection needed)."""
+    return load_class(PLATFORMS, target.platform)(target.environment(name).url)
+
+
 def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver = airflow_database) -> Environment:
     config = target.environment(name)
-    adapter = load_class(PLATFORMS, target.platform)(config.url)
+    adapter = open_adapter(target, name)
     database = open_database(config.database, resolve)
     driver = ProcessDriver(config, adapter, database)
     return Environment(target, config, adapter, database, driver, open_store(target, name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
@@ -46,15 +46,17 @@ class PollSensor(BaseOperator):
 
 
 class DrainSensor(PollSensor):
-    """Wait until no active run is left on an environment; fail listing them on timeout."""
+    """Wait until no active run is left on an environment. On timeout, either fail listing the
+    runs (`ask_on_timeout=False`) or hand them to the drain decision (`ask_on_timeout=True`)."""
 
     check = "airlock.triggers:drain_check"
     ui_color = "#fdf2d0"
 
-    def __init__(self, *, platform: str, url: str, environment: str, stale_after_minutes: float, **kwargs):
+    def __init__(self, *, platform: str, url: str, environment: str, stale_after_minutes: float,
+                 ask_on_timeout: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.platform, self.url, self.environment = platform, url, environment
-        self.stale_after_minutes = stale_after_minutes
+        self.stale_after_minutes, self.ask_on_timeout = stale_after_minutes, ask_on_timeout
 
     def check_kwargs(self) -> dict[str, Any]:
         return {"platform": self.platform, "url": self.url, "stale_after_minutes": self.stale_after_minutes}
@@ -63,7 +65,14 @@ class DrainSensor(PollSensor):
         stale = [run["description"] for run in event["runs"] if run["stale"]]
         for description in stale:
             self.log.warning("%s: not waiting for %s", self.environment, description)
-        return {"drained": True, "polls": event["polls"], "stale_runs_ignored": stale}
+        return {"drained": True, "polls": event["polls"], "stale_runs_ignored": stale, "runs": []}
+
+    def execute_complete(self, context, event: dict):
+        if event["status"] == "timeout" and self.ask_on_timeout:
+            self.log.warning(self.timeout_message(event))
+            return {"drained": False, "polls": event["polls"], "timeout_minutes": float(self.timeout_minutes),
+                    "runs": [run["description"] for run in event["runs"]]}
+        return super().execute_complete(context, event)
 
     def timeout_message(self, event: dict) -> str:
         listing = "\n  - ".join(run["description"] for run in event["runs"])
@@ -90,10 +99,10 @@ class RdsSnapshotSensor(PollSensor):
                 "to wait again, or roll back.")
 
 
-class UpgradeApprovalOperator(ApprovalOperator):
-    """The UAT gate. Records the decision under XCom key "decision" whatever it is: on Reject the
-    stock operator skips downstream tasks without pushing its result, and the upgrade log must
-    still say who rejected and when."""
+class RecordsDecision:
+    """Pushes who answered a gate, what, and when under XCom key "decision", whatever the answer:
+    on Reject the stock ApprovalOperator skips downstream tasks without pushing its result, and
+    the upgrade log must still say who decided."""
 
     def execute_complete(self, context, event: dict[str, Any]):
         if "error" not in event:
@@ -104,3 +113,29 @@ class UpgradeApprovalOperator(ApprovalOperator):
                 "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
             })
         return super().execute_complete(context, event)
+
+
+class UpgradeApprovalOperator(RecordsDecision, ApprovalOperator):
+    """The UAT gate between staging and production."""
+
+
+class DrainDecisionOperator(RecordsDecision, HITLBranchOperator):
+    """After the drain: goes straight on when the environment drained; otherwise asks on-call to
+    wait longer, proceed anyway (interrupting the runs listed in the body) or abort. Nobody
+    answering within `response_timeout` means abort (the operator's default option)."""
+
+    WAIT, PROCEED, ABORT = "Wait longer", "Proceed anyway", "Abort"
+
+    def __init__(self, *, drain_task_id: str, wait_task_id: str, proceed_task_id: str, abort_task_id: str,
+                 **kwargs):
+        super().__init__(options=[self.WAIT, self.PROCEED, self.ABORT], defaults=[self.ABORT],
+                         options_mapping={self.WAIT: wait_task_id, self.PROCEED: proceed_task_id,
+                                          self.ABORT: abort_task_id}, **kwargs)
+        self.drain_task_id = drain_task_id
+
+    def execute(self, context):
+        drained = context["ti"].xcom_pull(task_ids=self.drain_task_id) or {}
+        if drained.get("drained"):
+            self.log.info("drained: nothing to ask")
+            return self.do_branch(context=context, branches_to_execute=[self.options_mapping[self.PROCEED]])
+        return super().execute(context)

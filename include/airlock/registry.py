@@ -9,13 +9,24 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-PLATFORMS = {"mlflow": "airlock.platforms.mlflow:MlflowAdapter"}
+PLATFORMS = {
+    "mlflow": "airlock.platforms.mlflow:MlflowAdapter",
+    "zenml": "airlock.platforms.zenml:ZenmlAdapter",
+    "sematic": "airlock.platforms.sematic:SematicAdapter",
+}
 DRIVER_KINDS = {"process": "airlock.drivers.process:ProcessDriver"}
 DATABASE_KINDS = {
     "sqlite": "airlock.databases.sqlite:SqliteDatabase",
     "mysql": "airlock.databases.mysql:MysqlDatabase",
     "postgresql": "airlock.databases.postgresql:PostgresDatabase",
 }
+
+PLATFORM_DATABASES = {
+    "mlflow": ("sqlite", "mysql", "postgresql"),
+    "zenml": ("sqlite", "mysql"),
+    "sematic": ("sqlite", "postgresql"),
+}
+"""The database kinds each platform's server supports (ZenML: no PostgreSQL; Sematic: no MySQL)."""
 
 
 def load_class(table: dict[str, str], name: str) -> Any:

@@ -7,6 +7,7 @@ XCom, free of secrets.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from airlock.backups import (
@@ -22,14 +23,17 @@ from airlock.backups import (
     take_backup,
     verify_backup,
 )
+from airlock.clients import FAILING, judge_file
 from airlock.config import TargetConfig
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment
+from airlock.platforms.base import PlatformAdapter
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
 from airlock.stores.base import VERIFICATION, BackupStore
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
 PREPARE, FINAL = "prepare", "final"
+log = logging.getLogger("airlock.steps")
 
 
 class UpgradeError(RuntimeError):
@@ -68,7 +72,8 @@ def plan(target: TargetConfig, staging: Environment, production: Environment, re
     published = production.adapter.published_versions()
     versions = {env.name: env.adapter.server_version() for env in (staging, production)}
     plans = {name: plan_upgrade(current, requested, published, platform=target.platform,
-                                allow_minor_skips=target.allow_minor_skips)
+                                allow_minor_skips=target.allow_minor_skips,
+                                downgrade_note=production.adapter.downgrade_note)
              for name, current in versions.items()}
     goal = plans["production"].target
     if plans["staging"].target != goal or (versions["staging"] not in (versions["production"], goal)):
@@ -112,13 +117,26 @@ def prepare_versions(env: Environment, plan_: dict) -> dict:
     return {"virtualenvs": paths, "seconds": round(time.monotonic() - started, 3)}
 
 
-def client_compatibility(plan_: dict) -> dict:
-    """MLflow's rule: clients work with servers of the same major version."""
-    old, new = parse_version(plan_["from"]), parse_version(plan_["to"])
-    same_major = old.major == new.major
-    note = ("clients of the same major version keep working" if same_major else
-            f"clients on {old.major}.x must move to {new.major}.x after the server upgrade")
-    return {"client_rule": "same major version", "compatible_with_old_clients": same_major, "note": note}
+def client_compatibility(target: TargetConfig, adapter: PlatformAdapter, plan_: dict) -> dict:
+    """Per requirement/lock file of the target: do the pinned clients work with the new server?"""
+    server = plan_["to"]
+    verdicts = [judge_file(path, adapter.package, server, adapter.client_problem)
+                for path in target.compatibility.client_files]
+    failing = [verdict for verdict in verdicts if verdict.status in FAILING]
+    old_clients = adapter.client_problem(parse_version(plan_["from"]), parse_version(server))
+    for verdict in verdicts:
+        level = logging.WARNING if verdict.status in (*FAILING, "unpinned") else logging.INFO
+        log.log(level, "%s: %s: %s", verdict.file, verdict.status, verdict.detail)
+    result = {"server_version": server, "rule": f"{adapter.name} clients: {adapter.client_rule}",
+              "old_clients": old_clients or f"{adapter.name} {plan_['from']} clients keep working",
+              "files": [verdict.to_dict() for verdict in verdicts], "incompatible": len(failing),
+              "on_incompatible": target.compatibility.on_incompatible}
+    if failing and target.compatibility.on_incompatible == "fail":
+        listing = "\n  - ".join(f"{v.file}: {v.detail}" for v in failing)
+        raise UpgradeError(f"{len(failing)} client file(s) do not work with {adapter.name} {server} "
+                           f"({adapter.client_rule}); nothing was touched. Fix the pins, or set "
+                           f"compatibility.on_incompatible: warn for {target.name}:\n  - {listing}")
+    return result
 
 
 def verified_prepare_backup(env: Environment, run_id: str, refusing: str) -> str:
@@ -150,6 +168,31 @@ def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
     return {"environment": env.name, "to_version": env_plan["target"], "copy_of": backup_id,
             "migration_seconds": migrated["seconds"], "backup_seconds": manifest.seconds,
             "verify_seconds": verification.get("seconds", 0.0)}
+
+
+# -- drain decision -----------------------------------------------------------------------------
+def answered_by(decision: dict | None) -> str:
+    user = (decision or {}).get("responded_by_user") or {}
+    return user.get("name") or user.get("id") or "nobody (no answer before the timeout)"
+
+
+def proceed_despite_runs(environment: str, drained: dict, decision: dict | None) -> dict:
+    """The environment drained, or on-call chose to proceed: name the runs about to be interrupted."""
+    runs = [] if drained.get("drained") else list(drained.get("runs", []))
+    for run in runs:
+        log.warning("%s: proceeding as %s decided; this run WILL BE INTERRUPTED: %s", environment,
+                    answered_by(decision), run)
+    return {"environment": environment, "interrupted_runs": runs,
+            "decided_by": answered_by(decision) if runs else "drained"}
+
+
+def abort_upgrade(environment: str, decision_timeout_minutes: float, drained: dict, decision: dict | None) -> dict:
+    """On-call chose to abort, or nobody answered: stop here, with nothing stopped."""
+    who = answered_by(decision) if decision else f"nobody within {decision_timeout_minutes:g} min (default: abort)"
+    listing = "\n  - ".join(drained.get("runs", [])) or "(none listed)"
+    raise UpgradeError(f"{environment}: upgrade ABORTED at the drain by {who}; nothing was stopped or changed on "
+                       f"{environment}. Runs that were still going:\n  - {listing}\n"
+                       "Trigger a new run when they are done.")
 
 
 # -- the upgrade of one environment -------------------------------------------------------------
@@ -230,6 +273,11 @@ def start(env: Environment, run_id: str) -> dict:
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
+    final_id = marker.get("final_backup_id")
+    if not final_id or not is_verified(env.store, final_id):
+        # ZenML and MLflow 3 migrate an old schema by themselves when the new version starts.
+        raise UpgradeError(f"refusing to start {env.adapter.name} {marker['to_version']} on {env.name}: no verified "
+                           "backup taken after the server stopped (a new version may migrate the database at start)")
     return env.driver.start(marker["to_version"])
 
 
@@ -244,6 +292,34 @@ def check_health(env: Environment, plan_: dict) -> dict:
 
 def smoke(env: Environment) -> dict:
     return env.adapter.smoke_test()
+
+
+def check_artifacts(env: Environment, plan_: dict) -> dict:
+    """The most recent models/artifacts, loaded by the NEW client version from the upgraded server."""
+    count, env_plan = env.target.compatibility.recent_artifacts, plan_[env.name]
+    if count == 0:
+        return {"skipped": "compatibility.recent_artifacts is 0"}
+    venv = env.driver.ensure_installed(env_plan["target"])
+    results = env.adapter.load_recent_artifacts(venv, count)
+    failed = [item for item in results if not item["ok"]]
+    for item in failed:
+        log.warning("%s: %s does not load with %s %s: %s", env.name, item["name"], env.adapter.name,
+                    env_plan["target"], item["error"])
+    if failed and env.target.compatibility.on_incompatible == "fail":
+        listing = "\n  - ".join(f"{item['name']}: {item['error']}" for item in failed)
+        raise UpgradeError(f"{env.name}: {len(failed)} of the {len(results)} most recent artifacts do not load with "
+                           f"the {env.adapter.name} {env_plan['target']} client:\n  - {listing}")
+    return {"client_version": env_plan["target"], "checked": len(results), "failed": failed,
+            "loaded": [item["name"] for item in results if item["ok"]]}
+
+
+def follow_ups(env: Environment, plan_: dict) -> dict:
+    """The vendor's post-upgrade to-dos (ZenML: templates, snapshots and schedules to rebuild)."""
+    result = env.adapter.follow_ups(plan_[env.name]["target"])
+    for item in result.get("to_rebuild", []):
+        log.warning("%s: %s %r (%s) was built with %s: %s", env.name, item["kind"], item["name"], item["id"],
+                    item.get("built_with") or "an unknown version", result["action"])
+    return {"environment": env.name, **result}
 
 
 def verify_fingerprint(env: Environment, run_id: str) -> dict:

@@ -53,6 +53,13 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
                                "database restored and fingerprint equal to before")
     if finished.get("finished"):
         return "upgraded", f"production upgraded {plan['from']} → {plan['to']}"
+    aborted = [env for env in ("staging", "production")
+               if results.get(f"{env}_upgrade.drain_decision")
+               and f"{env}_upgrade.abort" in results[f"{env}_upgrade.drain_decision"]]
+    if aborted:
+        where = aborted[0]
+        state = "production untouched" if where == "staging" else f"staging already runs {plan['to']}"
+        return "aborted", f"aborted at the {where} drain (runs still going): nothing stopped on {where}; {state}"
     if gate.get("chosen_options") == ["Reject"]:
         return "rejected", f"rejected at the UAT gate by {approver_of(gate)}: production untouched"
     if staging_rollback.get("rolled_back"):

@@ -137,6 +137,7 @@ def plan_upgrade(
     *,
     platform: str,
     allow_minor_skips: bool,
+    downgrade_note: str = "",
 ) -> UpgradePlan:
     """Plan current → requested, refusing downgrades, unpublished versions and silent skips."""
     current = parse_version(current_text, what=f"the running {platform} version")
@@ -145,7 +146,7 @@ def plan_upgrade(
     if target < current:
         raise PlanError(
             f"{platform} {target} is older than the running {current}: downgrades are refused "
-            "(database migrations are one-way; roll back from a backup instead)"
+            f"({downgrade_note or 'database migrations are one-way; roll back from a backup instead'})"
         )
     if target != current and target not in available:
         newest = ", ".join(str(v) for v in available[-5:]) or "none found"

@@ -1,4 +1,5 @@
-"""Seed an MLflow server with experiments, runs, metric histories and a registered model.
+"""Seed an MLflow server with experiments, runs, metric histories and a registered model whose
+versions hold real pyfunc models (so that the new client's artifact check has something to load).
 
 Runs inside the platform's own virtualenv (it imports mlflow), so the data is written by a real
 client of the version being upgraded: `<venv>/bin/python seed_mlflow.py URL`. Idempotent.
@@ -6,7 +7,15 @@ client of the version being upgraded: `<venv>/bin/python seed_mlflow.py URL`. Id
 
 import sys
 
+import mlflow
 from mlflow import MlflowClient
+
+
+class ChurnScorer(mlflow.pyfunc.PythonModel):
+    """A tiny pyfunc model: enough for a client of another version to load and call."""
+
+    def predict(self, context, model_input, params=None):
+        return [0.5 for _ in range(len(model_input))]
 
 
 def seed(url: str) -> None:
@@ -28,7 +37,10 @@ def seed(url: str) -> None:
             client.set_terminated(run_id)
             run_ids.append(run_id)
     client.create_registered_model("churn-classifier", tags={"domain": "retention"}, description="Churn model")
+    mlflow.set_tracking_uri(url)
     for run_id in run_ids[:2]:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pyfunc.log_model("model", python_model=ChurnScorer(), pip_requirements=[])
         client.create_model_version("churn-classifier", f"runs:/{run_id}/model", run_id=run_id,
                                     tags={"validated": "yes"})
     client.set_registered_model_alias("churn-classifier", "champion", "2")

@@ -112,8 +112,9 @@ class ProcessDriver:
     # -- commands ------------------------------------------------------------------------------
     def server_command(self, version: str) -> Command:
         bin_dir = str(self.venv_path(version) / "bin")
-        return self.adapter.server_command(bin_dir, self.env.host, self.env.port,
-                                           self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
+        command = self.adapter.server_command(bin_dir, self.env.host, self.env.port,
+                                              self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
+        return Command(command.argv, {**command.env, **self.env.driver.env}, command.secret_env)
 
     def migration_command(self, version: str, database: Database | None = None) -> Command:
         database = database or self.database

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from packaging.version import Version
 
 from airlock.http import ServerError, request_text
+
+CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+"""Scripts run inside a platform version's own virtualenv (they import the platform's client)."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,24 @@ def is_stale(last_activity_millis: int, stale_after: timedelta, now: datetime | 
     return now - datetime.fromtimestamp(last_activity_millis / 1000, UTC) > stale_after
 
 
+def iso_to_millis(text: str | None) -> int:
+    """Milliseconds since the epoch of an ISO timestamp (naive ones are UTC), 0 when unknown."""
+    if not text:
+        return 0
+    moment = datetime.fromisoformat(text)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 class PlatformAdapter(ABC):
     """Talks to one running server of a platform through its public API."""
 
     name: str
     package: str
+    client_rule: str
+    """Which client versions work with a server version, in words (for reports)."""
+    downgrade_note: str = ""
+    """What the vendor says about downgrades, added to the planner's refusal."""
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -108,6 +129,32 @@ class PlatformAdapter(ABC):
 
     @abstractmethod
     def migration_command(self, bin_dir: str, db_uri: str) -> Command: ...
+
+    @abstractmethod
+    def client_problem(self, client: Version, server: Version) -> str | None:
+        """None when a client of version `client` works with a server of version `server`, else why not."""
+
+    @abstractmethod
+    def client_env(self, scratch_dir: str) -> dict[str, str]:
+        """Environment that points this platform's client at the server (config kept in `scratch_dir`)."""
+
+    def follow_ups(self, new_version: str) -> dict:
+        """The vendor's post-upgrade to-dos that Airlock can find through the API (none by default)."""
+        return {}
+
+    def load_recent_artifacts(self, venv: Path, count: int, timeout: float = 900) -> list[dict]:
+        """Load the `count` most recent models/artifacts with the client installed in `venv` (the
+        guides' "test artifact loading"); one {"id", "name", "ok", "error"?} per item."""
+        script = CHECKS_DIR / f"{self.name}_artifacts.py"
+        with tempfile.TemporaryDirectory(prefix="airlock-client-") as scratch:
+            result = subprocess.run(
+                [str(venv / "bin" / "python"), str(script)], capture_output=True, text=True, timeout=timeout,
+                cwd=scratch, check=False,
+                env={**os.environ, **self.client_env(scratch), "AIRLOCK_ARTIFACT_COUNT": str(count)})
+        if result.returncode != 0:
+            raise ServerError(f"the {self.name} client in {venv} could not list artifacts on {self.url} "
+                              f"(exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+        return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
     def is_healthy(self) -> bool:
         try:

@@ -47,6 +47,15 @@ def key_values(items: list[dict] | None) -> list[list]:
 class MlflowAdapter(PlatformAdapter):
     name = "mlflow"
     package = "mlflow"
+    client_rule = "same major version as the server"
+
+    def client_problem(self, client: Version, server: Version) -> str | None:
+        if client.major != server.major:
+            return f"MLflow {client.major}.x clients do not work with a {server.major}.x server"
+        return None
+
+    def client_env(self, scratch_dir: str) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.url}
 
     # -- server -------------------------------------------------------------------------------
     def health(self) -> None:
