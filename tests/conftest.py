@@ -42,17 +42,31 @@ def airflow_db():
     return _HOME
 
 
+def platform_venvs(platform: str, versions: tuple[str, ...]) -> dict:
+    """Each version of a platform in its own virtualenv (cached across runs under ~/.cache/airlock)."""
+    from airlock.drivers.process import DriverError, ensure_platform_venv
+    from airlock.registry import PLATFORMS, load_class
+
+    adapter = load_class(PLATFORMS, platform)("http://unused")
+    try:
+        return {version: ensure_platform_venv(adapter, version) for version in versions}
+    except DriverError as error:
+        unavailable(f"cannot install {platform} virtualenvs: {error}")
+
+
 @pytest.fixture(scope="session")
 def mlflow_venvs():
-    """MLflow 2.16.2 and 3.17.2, each in its own virtualenv (cached across runs)."""
-    from airlock.drivers.process import DriverError, ensure_platform_venv
-    from airlock.platforms.mlflow import MlflowAdapter
+    return platform_venvs("mlflow", ("2.16.2", "3.17.2"))
 
-    adapter = MlflowAdapter("http://unused")
-    try:
-        return {version: ensure_platform_venv(adapter, version) for version in ("2.16.2", "3.17.2")}
-    except DriverError as error:
-        unavailable(f"cannot install MLflow virtualenvs: {error}")
+
+@pytest.fixture(scope="session")
+def zenml_venvs():
+    return platform_venvs("zenml", ("0.90.0", "0.98.0"))
+
+
+@pytest.fixture(scope="session")
+def sematic_venvs():
+    return platform_venvs("sematic", ("0.39.1", "0.41.0"))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ The DAG runs under `dag.test()`; the approval gate is answered through Airflow's
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -13,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from airlock import upgrade_log
 from airlock.config import load_target
 from airlock.databases.mysql import MysqlDatabase
-from airlock.demo import SEED_MLFLOW
+from airlock.demo import SEED_MLFLOW, SEED_SEMATIC, SEED_ZENML
 from airlock.environment import Environment, open_environment
 from services import new_database
 
@@ -23,25 +26,54 @@ OLD, NEW = "2.16.2", "3.17.2"
 CONN_ID = "airlock_it_mysql"
 
 
+@dataclass(frozen=True)
+class Platform:
+    """A platform as the integration tests run it: versions, database kind, server settings."""
+
+    name: str
+    old: str
+    new: str
+    database: str
+    seed: Path
+    server_env: dict[str, str] = field(default_factory=dict)
+
+
+PLATFORMS = {
+    "mlflow": Platform("mlflow", OLD, NEW, "mysql", SEED_MLFLOW),
+    "zenml": Platform("zenml", "0.90.0", "0.98.0", "mysql", SEED_ZENML,
+                      {"ZENML_SERVER_AUTH_SCHEME": "NO_AUTH", "ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS": "true"}),
+    "sematic": Platform("sematic", "0.39.1", "0.41.0", "sqlite", SEED_SEMATIC),
+}
+
+
 @dataclass
 class Scenario:
     name: str
     root: Path
     ports: dict[str, int]
+    platform: Platform = PLATFORMS["mlflow"]
+    settings: dict = field(default_factory=dict)
+    """Target settings merged over the defaults (drain, compatibility, ...)."""
+    environment_settings: dict[str, dict] = field(default_factory=dict)
     databases: dict[str, MysqlDatabase] = field(default_factory=dict)
+
+    def database_entry(self, env: str) -> dict:
+        if self.platform.database == "sqlite":
+            return {"kind": "sqlite", "path": str(self.root / env / "server.sqlite3")}
+        return {"kind": "mysql", "conn_id": CONN_ID, "database": self.databases[env].params.database}
 
     def target_entry(self) -> dict:
         envs = {}
         for env, port in self.ports.items():
-            envs[env] = {
-                "url": f"http://127.0.0.1:{port}",
-                "driver": {"kind": "process", "state_dir": str(self.root / env), "start_timeout_seconds": 120},
-                "database": {"kind": "mysql", "conn_id": CONN_ID, "database": self.databases[env].params.database},
-            }
-        return {"platform": "mlflow", "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
+            driver = {"kind": "process", "state_dir": str(self.root / env), "start_timeout_seconds": 120}
+            if self.platform.server_env:
+                driver["env"] = dict(self.platform.server_env)
+            envs[env] = {"url": f"http://127.0.0.1:{port}", "driver": driver, "database": self.database_entry(env),
+                         **self.environment_settings.get(env, {})}
+        return {"platform": self.platform.name, "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
                 "backup": {"location": str(self.root / "backups")},
                 "drain": {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60},
-                "environments": envs}
+                "environments": envs, **self.settings}
 
     def env(self, name: str) -> Environment:
         target = load_target(self.name)
@@ -52,20 +84,37 @@ def write_targets(path: Path, scenarios: list[Scenario]) -> None:
     path.write_text(yaml.safe_dump({"targets": {s.name: s.target_entry() for s in scenarios}}))
 
 
-def make_scenario(name: str, root: Path, staging_port: int, production_port: int) -> Scenario:
-    scenario = Scenario(name, root / name, {"staging": staging_port, "production": production_port})
-    for env in scenario.ports:
-        scenario.databases[env] = new_database(f"airlock_it_{name}_{env}"[:40])
+def make_scenario(name: str, root: Path, staging_port: int, production_port: int, platform: str = "mlflow",
+                  **settings) -> Scenario:
+    scenario = Scenario(name, root / name, {"staging": staging_port, "production": production_port},
+                        PLATFORMS[platform], **settings)
+    if scenario.platform.database == "mysql":
+        for env in scenario.ports:
+            scenario.databases[env] = new_database(f"airlock_it_{name}_{env}"[:40])
     return scenario
+
+
+def seed(scenario: Scenario, env_name: str) -> None:
+    """Write data the way the platform's users do: with the old version's own client."""
+    env = scenario.env(env_name)
+    python = env.driver.venv_path(scenario.platform.old) / "bin" / "python"
+    scratch = scenario.root / env_name / "client"
+    scratch.mkdir(parents=True, exist_ok=True)
+    argv = {"mlflow": [env.config.url], "zenml": [str(scenario.root / env_name / "team-artifacts")],
+            "sematic": []}[scenario.platform.name]
+    result = subprocess.run([str(python), str(scenario.platform.seed), *argv], capture_output=True, text=True,
+                            cwd=scratch, env={**os.environ, **env.adapter.client_env(str(scratch))})
+    assert result.returncode == 0, f"seeding {env_name} of {scenario.name} failed:\n{result.stderr[-3000:]}"
 
 
 def start_and_seed(scenario: Scenario) -> None:
     """Both environments on the old version, seeded by the old version's own client."""
     for env_name in ("staging", "production"):
         env = scenario.env(env_name)
-        env.driver.start(OLD)
-        python = env.driver.venv_path(OLD) / "bin" / "python"
-        subprocess.run([str(python), str(SEED_MLFLOW), env.config.url], check=True, capture_output=True)
+        if scenario.platform.name == "sematic":
+            env.driver.migrate(scenario.platform.old)  # Sematic's server does not create its schema
+        env.driver.start(scenario.platform.old)
+        seed(scenario, env_name)
 
 
 def stop_all(scenario: Scenario) -> None:
@@ -76,43 +125,61 @@ def stop_all(scenario: Scenario) -> None:
 
 
 class GateAnswerer(threading.Thread):
-    """Plays the approver: waits for the pending approval, answers it through the REST API."""
+    """Plays on-call and the approver: answers each pending gate through the REST API, a few
+    seconds after it appears (like a person reading it). `answers` maps a gate's task id to its
+    answer; the UAT approval ("uat.approval") gets `answer`."""
 
-    def __init__(self, dag_id: str, answer: str | None, timeout: float = 900):
+    READ_SECONDS = 3
+
+    def __init__(self, dag_id: str, answer: str | None, answers: dict[str, str] | None = None,
+                 timeout: float = 900):
         super().__init__(daemon=True)
-        self.dag_id, self.answer, self.timeout = dag_id, answer, timeout
-        self.response: dict | None = None
-        self.body = ""
-        self.error: str | None = None
+        self.dag_id, self.timeout = dag_id, timeout
+        self.answers = {**({"uat.approval": answer} if answer else {}), **(answers or {})}
+        self.responses: dict[str, dict] = {}
+        self.bodies: dict[str, str] = {}
         self.stop_event = threading.Event()
+
+    @property
+    def response(self) -> dict | None:
+        return self.responses.get("uat.approval")
+
+    @property
+    def body(self) -> str:
+        return self.bodies.get("uat.approval", "")
 
     def run(self) -> None:
         from airflow.api_fastapi.app import create_app
         from fastapi.testclient import TestClient
 
         client = TestClient(create_app("core"))
-        deadline = time.monotonic() + self.timeout
+        deadline, first_seen = time.monotonic() + self.timeout, {}
         while not self.stop_event.is_set() and time.monotonic() < deadline:
             pending = client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails").json()
-            waiting = [d for d in pending.get("hitl_details", []) if d.get("response_received") is False]
-            if waiting:
-                ti, self.body = waiting[0]["task_instance"], waiting[0].get("body") or ""
+            for detail in pending.get("hitl_details", []):
+                ti = detail["task_instance"]
+                task_id = ti["task_id"]
+                if detail.get("response_received") is not False or task_id in self.responses:
+                    continue
+                self.bodies[task_id] = detail.get("body") or ""
+                seen = first_seen.setdefault(task_id, time.monotonic())
+                if task_id not in self.answers or time.monotonic() - seen < self.READ_SECONDS:
+                    continue
                 answer = client.patch(
                     f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                    f"{ti['task_id']}/{ti['map_index']}/hitlDetails",
-                    json={"chosen_options": [self.answer], "params_input": {}})
-                self.response = {"status": answer.status_code, "body": answer.json(), "task_id": ti["task_id"]}
-                return
+                    f"{task_id}/{ti['map_index']}/hitlDetails",
+                    json={"chosen_options": [self.answers[task_id]], "params_input": {}})
+                self.responses[task_id] = {"status": answer.status_code, "body": answer.json(), "task_id": task_id}
             time.sleep(1)
-        self.error = "no pending approval appeared"
 
 
-def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None = "Approve"):
-    """Trigger the DAG like an operator would (with params) and answer its gate; return the run."""
+def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None = "Approve",
+                answers: dict[str, str] | None = None):
+    """Trigger the DAG like an operator would (with params) and answer its gates; return the run."""
     from airlock.dag_factory import build_upgrade_dags
 
     dag = build_upgrade_dags(str(targets_file))[dag_id]
-    answerer = GateAnswerer(dag_id, answer)
+    answerer = GateAnswerer(dag_id, answer, answers)
     answerer.start()
     try:
         run = dag.test(run_conf=conf)
@@ -129,3 +196,53 @@ def task_states(run) -> dict[str, str]:
     with create_session() as session:
         dag_run = session.query(DagRun).filter_by(dag_id=run.dag_id, run_id=run.run_id).one()
         return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+
+
+def task_state(dag_id: str, task_id: str) -> str | None:
+    """The state of a task of the DAG's latest run, read while the run is going."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id=task_id).first()
+        return str(ti.state) if ti and ti.state else None
+
+
+def xcom(run, task_id: str, key: str = "return_value"):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id,
+                                                 key=key).one_or_none()
+        return XComModel.deserialize_value(row) if row else None
+
+
+def fingerprints(scenario: Scenario) -> dict[str, str]:
+    return {env: scenario.env(env).adapter.fingerprint().digest for env in ("staging", "production")}
+
+
+def served(scenario: Scenario, env: str) -> str:
+    return scenario.env(env).adapter.server_version()
+
+
+def last_record(scenario: Scenario) -> dict:
+    return upgrade_log.read(scenario.root / "backups")[-1]
+
+
+def crash_server_while(dag_id: str, task_id: str, env: Environment) -> list[int]:
+    """Kill the environment's server (SIGKILL, as a crash would) once `task_id` is running; the
+    returned list gets the pid when it happened."""
+    crashed: list[int] = []
+
+    def crash():
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not crashed:
+            if task_state(dag_id, task_id) == "running":
+                pid = env.driver.running_pid()
+                os.killpg(pid, signal.SIGKILL)
+                crashed.append(pid)
+            time.sleep(0.5)
+
+    threading.Thread(target=crash, daemon=True).start()
+    return crashed

@@ -7,17 +7,29 @@ version served, the data (fingerprints), production untouched, what the upgrade 
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
-from airlock import upgrade_log
 from airlock.http import request_json
 from airlock.platforms.mlflow import MlflowAdapter
-from harness import CONN_ID, NEW, OLD, make_scenario, run_upgrade, start_and_seed, stop_all, task_states, write_targets
+from harness import (
+    CONN_ID,
+    NEW,
+    OLD,
+    crash_server_while,
+    fingerprints,
+    last_record,
+    make_scenario,
+    run_upgrade,
+    served,
+    start_and_seed,
+    stop_all,
+    task_states,
+    write_targets,
+    xcom,
+)
 from services import TEST_PASSWORD, connection_uri_for_airflow
 
 pytestmark = pytest.mark.integration
@@ -36,18 +48,6 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs):
         yield scenarios, targets_file
         for scenario in scenarios.values():
             stop_all(scenario)
-
-
-def fingerprints(scenario) -> dict[str, str]:
-    return {env: scenario.env(env).adapter.fingerprint().digest for env in ("staging", "production")}
-
-
-def served(scenario, env: str) -> str:
-    return scenario.env(env).adapter.server_version()
-
-
-def last_record(scenario) -> dict:
-    return upgrade_log.read(scenario.root / "backups")[-1]
 
 
 def secrets_leaked(run, scenario, captured: str) -> list[str]:
@@ -152,7 +152,7 @@ def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(w
     states = task_states(run)
     assert gate.response["status"] == 200, gate.response
     # The drain held staging until the training run finished.
-    stop_started = _xcom(run, "staging_upgrade.stop")["_started_at"]
+    stop_started = xcom(run, "staging_upgrade.stop")["_started_at"]
     assert finished_at and stop_started >= finished_at[0]
     assert served(s, "staging") == NEW
     # Rejected: production untouched, and the run says so instead of looking green.
@@ -200,18 +200,7 @@ def test_crash_after_the_upgrade_restores_the_old_release_and_the_exact_data(wor
     before = fingerprints(s)
     production = s.env("production")
     production_tables = s.databases["production"].table_stats()
-    crashed: list[int] = []
-
-    def crash_new_production_server_during_the_watch():
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not crashed:
-            if _task_state("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch") == "running":
-                pid = production.driver.running_pid()
-                os.killpg(pid, signal.SIGKILL)
-                crashed.append(pid)
-            time.sleep(0.5)
-
-    threading.Thread(target=crash_new_production_server_during_the_watch, daemon=True).start()
+    crashed = crash_server_while("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch", production)
     run, gate = run_upgrade("airlock_upgrade__crash_after_upgrade", targets_file,
                             {"target_version": NEW, "watch_seconds": 60}, answer="Approve")
 
@@ -231,21 +220,3 @@ def test_crash_after_the_upgrade_restores_the_old_release_and_the_exact_data(wor
     assert record["production_downtime_seconds"] > 0
     assert production.store.in_progress() is None
 
-
-def _task_state(dag_id: str, task_id: str) -> str | None:
-    from airflow.models import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        ti = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id=task_id).first()
-        return str(ti.state) if ti and ti.state else None
-
-
-def _xcom(run, task_id: str):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id,
-                                                 key="return_value").one()
-        return XComModel.deserialize_value(row)

@@ -65,7 +65,8 @@ class DrainSensor(PollSensor):
         stale = [run["description"] for run in event["runs"] if run["stale"]]
         for description in stale:
             self.log.warning("%s: not waiting for %s", self.environment, description)
-        return {"drained": True, "polls": event["polls"], "stale_runs_ignored": stale, "runs": []}
+        return {"drained": True, "polls": event["polls"], "stale_runs_ignored": stale, "runs": [],
+                "timeout_minutes": float(self.timeout_minutes)}
 
     def execute_complete(self, context, event: dict):
         if event["status"] == "timeout" and self.ask_on_timeout:

@@ -69,7 +69,7 @@ class ZenmlAdapter(PlatformAdapter):
         return self._get("/info")["version"]
 
     def install_requirements(self, version: str) -> list[str]:
-        return [f"zenml[server]=={version}", "pymysql==1.2.4"]
+        return [f"zenml[server]=={version}", "pymysql==1.1.3"]  # ZenML pins pymysql~=1.1
 
     def server_command(self, bin_dir: str, host: str, port: int, db_uri: str, artifact_root: str) -> Command:
         return Command(
