@@ -111,8 +111,9 @@ def start_and_seed(scenario: Scenario) -> None:
     """Both environments on the old version, seeded by the old version's own client."""
     for env_name in ("staging", "production"):
         env = scenario.env(env_name)
-        if scenario.platform.name == "sematic":
-            env.driver.migrate(scenario.platform.old)  # Sematic's server does not create its schema
+        if scenario.platform.name == "sematic":  # its server does not create its schema
+            (scenario.root / env_name).mkdir(parents=True, exist_ok=True)
+            env.driver.migrate(scenario.platform.old)
         env.driver.start(scenario.platform.old)
         seed(scenario, env_name)
 

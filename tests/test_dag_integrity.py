@@ -51,15 +51,17 @@ def test_phases_are_task_groups_in_order(upgrade_dag):
 
 def test_environment_steps_run_in_the_safe_order(upgrade_dag):
     for env in ("staging_upgrade", "production_upgrade"):
-        steps = ["drain", "drain_decision", "proceed", "stop", "backup", "migrate", "start", "health", "smoke",
-                 "fingerprint"]
+        steps = ["drain", "drain_decision", "proceed", "drained", "stop", "backup", "migrate", "start", "health",
+                 "smoke", "fingerprint"]
         for earlier, later in itertools.pairwise(steps):
             assert f"{env}.{earlier}" in upgrade_dag.get_task(f"{env}.{later}").upstream_task_ids
-        # stop runs after a drain, a "proceed" answer or a longer wait, never after an abort
-        stop = upgrade_dag.get_task(f"{env}.stop")
-        assert {f"{env}.proceed", f"{env}.wait_longer"} <= stop.upstream_task_ids
-        assert f"{env}.abort" not in stop.get_flat_relative_ids(upstream=True)
-        assert stop.trigger_rule == "none_failed_min_one_success"
+        # stop runs after a drain, a "proceed" answer or a longer wait, never after an abort: the
+        # join before it has exactly the two ways forward upstream (nothing that always succeeds)
+        drained = upgrade_dag.get_task(f"{env}.drained")
+        assert drained.upstream_task_ids == {f"{env}.proceed", f"{env}.wait_longer"}
+        assert drained.trigger_rule == "none_failed_min_one_success"
+        assert upgrade_dag.get_task(f"{env}.stop").trigger_rule == "all_success"
+        assert f"{env}.abort" not in upgrade_dag.get_task(f"{env}.stop").get_flat_relative_ids(upstream=True)
     assert "staging_upgrade.fingerprint" in upgrade_dag.get_task("staging_upgrade.artifacts").upstream_task_ids
 
 

@@ -10,6 +10,7 @@ import functools
 import itertools
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -156,11 +157,13 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         return open_environment(target, name)
 
     drain_tasks, ready = drain_steps(target, name)
-    stop = step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan,
-                     trigger_rule="none_failed_min_one_success")
-    ready >> stop
+    # The join has only the two ways forward upstream: after an abort both are skipped and so is
+    # everything after it. (A trigger rule on `stop` itself would count the plan, its XCom input.)
+    drained = EmptyOperator(task_id="drained", trigger_rule="none_failed_min_one_success")
+    ready >> drained
     chain = [
-        stop,
+        drained,
+        step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
         *rds_snapshot_steps(target, name, env),
         step_task("migrate", lambda: steps.migrate(env(), run_id())),
@@ -293,7 +296,8 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 context = get_current_context()
                 ti = context["ti"]
                 results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in dag.task_ids}
-                results["uat.approval"] = ti.xcom_pull(task_ids="uat.approval", key="decision")
+                for gate in ("uat.approval", "staging_upgrade.drain_decision", "production_upgrade.drain_decision"):
+                    results[gate] = ti.xcom_pull(task_ids=gate, key="decision")
                 stores = {name: open_store(target, name) for name in ("staging", "production")}
                 results["_half_upgraded"] = {name: store.marker_location() for name, store in stores.items()
                                              if steps.run_marker(store, run_id()) is not None}

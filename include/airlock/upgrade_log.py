@@ -54,12 +54,12 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
     if finished.get("finished"):
         return "upgraded", f"production upgraded {plan['from']} → {plan['to']}"
     aborted = [env for env in ("staging", "production")
-               if results.get(f"{env}_upgrade.drain_decision")
-               and f"{env}_upgrade.abort" in results[f"{env}_upgrade.drain_decision"]]
+               if (results.get(f"{env}_upgrade.drain_decision") or {}).get("chosen_options") == ["Abort"]]
     if aborted:
-        where = aborted[0]
+        where, decision = aborted[0], results[f"{aborted[0]}_upgrade.drain_decision"]
         state = "production untouched" if where == "staging" else f"staging already runs {plan['to']}"
-        return "aborted", f"aborted at the {where} drain (runs still going): nothing stopped on {where}; {state}"
+        return "aborted", (f"aborted at the {where} drain by {approver_of(decision) or 'nobody (no answer)'}, runs "
+                           f"still going: nothing stopped on {where}; {state}")
     if gate.get("chosen_options") == ["Reject"]:
         return "rejected", f"rejected at the UAT gate by {approver_of(gate)}: production untouched"
     if staging_rollback.get("rolled_back"):
