@@ -67,6 +67,16 @@ def test_environment_variables_are_expanded(tmp_path, monkeypatch):
     (("team_a:", "Team-A:"), "targets.Team-A: target names must match"),
     (("backup: {location: /var/backups/airlock}", "backup: {location: '${NOT_SET_ANYWHERE}'}"),
      "backup.location: uses environment variable 'NOT_SET_ANYWHERE' which is not set"),
+    (("platform: mlflow", "platform: sematic"),
+     "environments.production.database.kind: sematic servers do not run on mysql (supported: sqlite, postgresql)"),
+    (("state_dir: /srv/mlflow/production}", "state_dir: /srv/mlflow/production, env: {ZENML_STORE_URL: x}}"),
+     "driver.env.ZENML_STORE_URL: looks like a secret; keep secrets in Airflow connections"),
+    (("database: mlflow}", "database: mlflow}\n        pause_dags: ['bad dag']"),
+     "environments.production.pause_dags[0]: 'bad dag' is not a DAG id"),
+    (("drain: {", "compatibility: {client_files: [reqs.txt]}\n    drain: {"),
+     "compatibility.client_files[0]: must be an absolute path on the worker"),
+    (("drain: {", "compatibility: {on_incompatible: ignore}\n    drain: {"),
+     "compatibility.on_incompatible: must be one of fail, warn"),
 ])
 def test_errors_name_file_target_and_field(tmp_path, change, expected):
     path = write(tmp_path, GOOD.replace(*change))

@@ -79,6 +79,10 @@ def test_upgrade_reaches_both_environments_with_data_unchanged(world, capfd, cap
     assert gate.response["status"] == 200, gate.response
     assert "Estimated production downtime: about" in gate.body
     assert "migration (rehearsed on a copy of production)" in gate.body
+    # The 3.17.2 client loaded the registered models (pyfunc, logged by 2.16.2) from upgraded staging.
+    artifacts = xcom(run, "staging_upgrade.artifacts")
+    assert (artifacts["client_version"], artifacts["checked"], artifacts["failed"]) == (NEW, 2, [])
+    assert "2 of the 2 most recent artifacts load with the 3.17.2 client" in gate.body
     assert served(s, "staging") == served(s, "production") == NEW
     assert fingerprints(s) == before
     record = last_record(s)

@@ -67,6 +67,8 @@ def test_zenml_upgrade_keeps_stacks_runs_artifacts_and_models(world):
     # The 0.98 client loaded the newest artifacts from upgraded staging.
     artifacts = xcom(run, "staging_upgrade.artifacts")
     assert (artifacts["client_version"], artifacts["checked"], artifacts["failed"]) == (NEW, 5, [])
+    assert "zenml clients: exactly the server's version" in gates.body
+    assert f"5 of the 5 most recent artifacts load with the {NEW} client" in gates.body
     # ZenML's own follow-up: the schedule built with 0.90 is listed for rebuilding.
     follow_ups = xcom(run, "conclude.follow_ups")
     assert [item["name"] for item in follow_ups["to_rebuild"]] == ["nightly-training"]

@@ -34,6 +34,14 @@ def test_downgrade_is_refused_with_the_reason():
         plan("2.17.0", "2.16.2")
 
 
+def test_zenml_downgrade_refusal_says_what_zenml_says():
+    from airlock.platforms.zenml import ZenmlAdapter
+
+    with pytest.raises(PlanError, match="ZenML does not support downgrading a server"):
+        plan_upgrade("0.98.0", "0.90.0", ["0.90.0", "0.98.0"], platform="zenml", allow_minor_skips=True,
+                     downgrade_note=ZenmlAdapter.downgrade_note)
+
+
 def test_unpublished_version_is_refused_and_newest_are_listed():
     with pytest.raises(PlanError, match=r"2\.18\.0 is not a published release.*3\.17\.2"):
         plan("2.16.2", "2.18.0", allow=True)

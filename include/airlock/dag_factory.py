@@ -252,7 +252,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             def summary(plan_: dict):
                 pull = get_current_context()["ti"].xcom_pull
                 staging = {**(pull(task_ids="staging_upgrade.health") or {}),
-                           "smoke_run_id": (pull(task_ids="staging_upgrade.smoke") or {}).get("run_id"),
+                           "smoke": pull(task_ids="staging_upgrade.smoke") or {},
                            "fingerprint_equal": (pull(task_ids="staging_upgrade.fingerprint") or {})
                            .get("equal_to_pre_upgrade", False)}
                 backups = {"staging (before upgrade)": pull(task_ids="staging_upgrade.backup") or {},
@@ -260,7 +260,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 return approval_body(target.name, plan_, staging, backups,
                                      pull(task_ids="backup_and_prepare.inventory") or {},
                                      downtime_estimate(pull(task_ids="compatibility.rehearse_migration"),
-                                                       pull(task_ids="staging_upgrade.start")))
+                                                       pull(task_ids="staging_upgrade.start")),
+                                     pull(task_ids="compatibility.client_compatibility"),
+                                     pull(task_ids="staging_upgrade.artifacts"))
 
             approval = UpgradeApprovalOperator(
                 task_id="approval",
