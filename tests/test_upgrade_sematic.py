@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
+from airlock.triggers import drain_check
 from harness import (
     PLATFORMS,
     fingerprints,
@@ -54,3 +60,27 @@ def test_sematic_upgrade_on_sqlite_keeps_runs_and_artifacts(world):
     assert clients["old_clients"] == f"sematic {OLD} clients keep working"  # older, and inside the window
     record = last_record(s)
     assert (record["outcome"], record["from"], record["to"]) == ("upgraded", OLD, NEW)
+
+
+def test_drain_sees_a_sematic_pipeline_until_it_resolves(world, tmp_path):
+    s, _ = world
+    env = s.env("staging")
+    if not env.adapter.is_healthy():  # run on its own, without the upgrade test before it
+        start_and_seed(s)
+    python = env.driver.venv_path(env.adapter.server_version()) / "bin" / "python"
+    release = tmp_path / "release"
+    pipeline = subprocess.Popen([str(python), str(Path(__file__).with_name("sematic_slow_pipeline.py")),
+                                 str(release)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env.adapter.client_env(str(tmp_path))})
+    try:
+        deadline, check = time.monotonic() + 60, {"done": True}
+        while check["done"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            check = drain_check("sematic", env.config.url, stale_after_minutes=60)
+        assert check["done"] is False, "the running pipeline never showed up"
+        assert len(check["runs"]) == 1 and "'nightly retrain'" in check["runs"][0]["description"]
+    finally:
+        release.touch()
+        output = pipeline.communicate(timeout=60)[0].decode()
+    assert pipeline.returncode == 0, output[-2000:]
+    assert drain_check("sematic", env.config.url, stale_after_minutes=60)["done"] is True

@@ -7,8 +7,13 @@ REST endpoint.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 from airlock.platforms.zenml import ZenmlAdapter
+from airlock.triggers import drain_check
 from harness import (
     CONN_ID,
     PLATFORMS,
@@ -104,3 +109,26 @@ def test_zenml_crash_after_upgrade_brings_back_the_090_server_and_its_data(world
     assert ZenmlAdapter(production.config.url).fingerprint().counts["runs"] == 2
     assert served(s, "staging") == NEW
     assert last_record(s)["outcome"] == "rolled_back"
+
+
+def test_drain_sees_a_running_zenml_pipeline_until_it_is_gone(world, tmp_path):
+    scenarios, _ = world
+    env = scenarios["zenml_happy"].env("staging")
+    if not env.adapter.is_healthy():  # run on its own, without the upgrade test before it
+        start_and_seed(scenarios["zenml_happy"])
+    python = env.driver.venv_path(env.adapter.server_version()) / "bin" / "python"
+
+    def run_state(*args: str) -> str:
+        script = Path(__file__).with_name("zenml_run_state.py")
+        result = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, cwd=tmp_path,
+                                env={**os.environ, **env.adapter.client_env(str(tmp_path))})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+    run_id = run_state("start")
+    check = drain_check("zenml", env.config.url, stale_after_minutes=60)
+    assert check["done"] is False
+    assert [run["description"].split(" ")[1] for run in check["runs"]] == [run_id]
+    assert "pipeline 'training' (running)" in check["runs"][0]["description"]
+    run_state("remove", run_id)
+    assert drain_check("zenml", env.config.url, stale_after_minutes=60)["done"] is True
