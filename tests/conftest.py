@@ -89,3 +89,17 @@ def aws_conn_id(moto_endpoint, request):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", aws_connection_json(moto_endpoint))
         yield conn_id
+
+
+@pytest.fixture(scope="session")
+def kube_api():
+    """A real kube-apiserver + etcd (../shared/envtest), for the whole session."""
+    from kube import envtest_assets, start_api_server
+
+    assets = envtest_assets()
+    if assets is None:
+        unavailable("no kube-apiserver/etcd: run ../shared/envtest/build.sh (needs root and apt) or set "
+                    "KUBEBUILDER_ASSETS")
+    server = start_api_server(assets)
+    yield server
+    server.stop()

@@ -24,6 +24,8 @@ from services import new_database
 
 OLD, NEW = "2.16.2", "3.17.2"
 CONN_ID = "airlock_it_mysql"
+KUBE_CONN_ID = "airlock_test_kube"
+CHART = Path(__file__).resolve().parent / "charts" / "mlflow-lite"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Scenario:
     platform: Platform = PLATFORMS["mlflow"]
     settings: dict = field(default_factory=dict)
     """Target settings merged over the defaults (drain, compatibility, ...)."""
+    driver: str = "process"
+    """process, or helm (the chart in tests/charts/mlflow-lite, on the test API server)."""
+    start_timeout_seconds: float = 120
     environment_settings: dict[str, dict] = field(default_factory=dict)
     databases: dict[str, MysqlDatabase] = field(default_factory=dict)
 
@@ -65,7 +70,10 @@ class Scenario:
     def target_entry(self) -> dict:
         envs = {}
         for env, port in self.ports.items():
-            driver = {"kind": "process", "state_dir": str(self.root / env), "start_timeout_seconds": 120}
+            driver = {"kind": "process", "state_dir": str(self.root / env),
+                      "start_timeout_seconds": self.start_timeout_seconds}
+            if self.driver == "helm":
+                driver = {**driver, "kind": "helm", "helm": self.helm_entry(env)}
             if self.platform.server_env:
                 driver["env"] = dict(self.platform.server_env)
             envs[env] = {"url": f"http://127.0.0.1:{port}", "driver": driver, "database": self.database_entry(env),
@@ -74,6 +82,15 @@ class Scenario:
                 "backup": {"location": str(self.root / "backups")},
                 "drain": {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60},
                 "environments": envs, **self.settings}
+
+    def helm_entry(self, env: str) -> dict:
+        release = "mlflow"
+        return {"release": release, "namespace": self.namespace(env), "chart": str(CHART), "deployment": release,
+                "service": release, "migration_job": f"{release}-migrate", "kubernetes_conn_id": KUBE_CONN_ID,
+                "timeout_seconds": 120}
+
+    def namespace(self, env: str) -> str:
+        return f"{self.name.replace('_', '-')}-{env}"
 
     def env(self, name: str) -> Environment:
         target = load_target(self.name)
@@ -119,8 +136,10 @@ def start_and_seed(scenario: Scenario) -> None:
 
 
 def stop_all(scenario: Scenario) -> None:
+    """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases."""
     for env_name in ("staging", "production"):
-        scenario.env(env_name).driver.stop()
+        if scenario.driver == "process":
+            scenario.env(env_name).driver.stop()
     for db in scenario.databases.values():
         db.drop()
 

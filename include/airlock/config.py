@@ -205,6 +205,50 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class HelmConfig:
+    """A server deployed by a Helm chart: the release, the chart and its values, the image tag's
+    values path, the Airflow Kubernetes connection, and what the chart creates (the server
+    Deployment and Service, and the migration Job that `migration_values` switches on)."""
+
+    release: str
+    namespace: str
+    chart: str
+    deployment: str
+    service: str
+    migration_job: str
+    chart_version: str | None = None
+    values_files: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
+    image_tag_path: str = "image.tag"
+    migration_values: dict = field(default_factory=dict)
+    kubernetes_conn_id: str = "kubernetes_default"
+    backend: str = "auto"
+    timeout_seconds: float = 300
+
+    @classmethod
+    def read(cls, r: _Reader) -> HelmConfig:
+        k8s_name = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        overrides = r._get("set", False, {})
+        migration_values = r._get("migration_values", False, {"migration": {"enabled": True}})
+        for key, value in (("set", overrides), ("migration_values", migration_values)):
+            if not isinstance(value, dict):
+                r.fail(key, f"must be a mapping (got {value!r})")
+        config = cls(
+            release=r.text("release", pattern=k8s_name), namespace=r.text("namespace", pattern=k8s_name),
+            chart=r.text("chart"), deployment=r.text("deployment", pattern=k8s_name),
+            service=r.text("service", pattern=k8s_name), migration_job=r.text("migration_job", pattern=k8s_name),
+            chart_version=r.optional_text("chart_version"), values_files=r.paths("values_files"),
+            overrides=overrides, image_tag_path=r.text("image_tag_path", default="image.tag",
+                                                       pattern=re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")),
+            migration_values=migration_values,
+            kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID),
+            backend=r.choice("backend", ["auto", "sdk", "cli"], default="auto"),
+            timeout_seconds=r.number("timeout_seconds", 300, minimum=1))
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
 class DriverConfig:
     """How Airlock deploys the server of one environment."""
 
@@ -215,6 +259,7 @@ class DriverConfig:
     artifact_root: str
     env: dict[str, str] = field(default_factory=dict)
     """Extra, non-secret environment of the server process (e.g. ZENML_SERVER_AUTH_SCHEME)."""
+    helm: HelmConfig | None = None
 
     @classmethod
     def read(cls, r: _Reader) -> DriverConfig:
@@ -229,7 +274,10 @@ class DriverConfig:
             stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1),
             artifact_root=r.text("artifact_root", default=os.path.join(state_dir, "artifacts")),
             env=r.environment_variables("env"),
+            helm=HelmConfig.read(r.child("helm")) if kind == "helm" else None,
         )
+        if kind != "helm" and r.data.get("helm") is not None:
+            r.fail("helm", "is only for kind: helm")
         r.done()
         return config
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig
 from airlock.databases.base import Database
-from airlock.drivers.process import ProcessDriver
+from airlock.drivers import Driver
 from airlock.platforms.base import PlatformAdapter
-from airlock.registry import DATABASE_KINDS, PLATFORMS, load_class
+from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS, load_class
 from airlock.stores.base import BackupStore
 from airlock.stores.local import LocalBackupStore
 
@@ -39,7 +39,7 @@ class Environment:
     config: EnvironmentConfig
     adapter: PlatformAdapter
     database: Database
-    driver: ProcessDriver
+    driver: Driver
     store: BackupStore
 
     @property
@@ -60,7 +60,7 @@ def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver 
     config = target.environment(name)
     adapter = open_adapter(target, name)
     database = open_database(config.database, resolve)
-    driver = ProcessDriver(config, adapter, database)
+    driver = load_class(DRIVER_KINDS, config.driver.kind)(config, adapter, database)
     return Environment(target, config, adapter, database, driver, open_store(target, name))
 
 

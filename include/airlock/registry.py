@@ -14,7 +14,10 @@ PLATFORMS = {
     "zenml": "airlock.platforms.zenml:ZenmlAdapter",
     "sematic": "airlock.platforms.sematic:SematicAdapter",
 }
-DRIVER_KINDS = {"process": "airlock.drivers.process:ProcessDriver"}
+DRIVER_KINDS = {
+    "process": "airlock.drivers.process:ProcessDriver",
+    "helm": "airlock.drivers.helm:HelmDriver",
+}
 DATABASE_KINDS = {
     "sqlite": "airlock.databases.sqlite:SqliteDatabase",
     "mysql": "airlock.databases.mysql:MysqlDatabase",

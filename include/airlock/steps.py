@@ -207,7 +207,8 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
         fingerprint = env.adapter.fingerprint()
         marker = {"run_id": run_id, "environment": env.name, "from_version": env_plan["current"],
                   "to_version": env_plan["target"], "fingerprint": fingerprint.to_dict(),
-                  "prepare_backup_id": prepare_id, "migration_started": False}
+                  "prepare_backup_id": prepare_id, "migration_started": False,
+                  "deployment": env.driver.snapshot()}
     marker["last_answered_at"] = now_iso() if env.adapter.is_healthy() else marker.get("last_answered_at")
     env.store.mark_in_progress(marker)
     stopped = env.driver.stop()
@@ -380,7 +381,7 @@ def rollback(env: Environment, run_id: str) -> dict:
             raise BackupError(f"{env.name}: migration started without a final backup; restore by hand "
                               f"from {marker['prepare_backup_id']}")
         restored = restore_backup(env.database, env.store, final_id)
-    env.driver.start(marker["from_version"])
+    env.driver.restore(marker["from_version"], marker.get("deployment") or {})
     served = env.adapter.server_version()
     after = env.adapter.fingerprint().to_dict()
     if served != marker["from_version"] or after["digest"] != marker["fingerprint"]["digest"]:

@@ -174,6 +174,14 @@ class ProcessDriver:
                               f"{error}\n--- last lines of {self.log_file} ---\n{tail}") from None
         return {**record, "seconds_to_healthy": round(seconds, 3)}
 
+    def snapshot(self) -> dict:
+        """What a rollback needs besides the version: nothing (the version's virtualenv is kept)."""
+        return {}
+
+    def restore(self, version: str, state: dict) -> dict:
+        """Start the version that ran before the upgrade."""
+        return self.start(version)
+
     def stop(self) -> dict:
         """Stop the server (SIGTERM, then SIGKILL after the timeout). Idempotent."""
         pid = self.running_pid()

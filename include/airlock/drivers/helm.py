@@ -1,0 +1,207 @@
+"""Deploys one environment's server as a Helm release on Kubernetes.
+
+The MLflow guide's method 1, in the order its users ask for: stop = scale the server Deployment to
+zero (no writes during the backup); migrate = the chart's own migration Job, rendered with the NEW
+image and run before the release changes (a failed Job stops the upgrade with the release
+untouched); start = `helm upgrade` to the new image tag and wait for the rollout; starting the old
+version again = `helm rollback` to the revision recorded before the upgrade.
+
+Client-side work (the migration rehearsal on a scratch copy, the artifact check) runs in local
+virtualenvs of the same platform version, like the process driver.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from airlock.config import EnvironmentConfig
+from airlock.databases.base import Database
+from airlock.drivers.process import DriverError, ProcessDriver
+from airlock.helm import HelmClient, HelmError, HelmRelease, helm_client, release_values
+from airlock.kube import Kube, KubeError, kubeconfig_for
+from airlock.platforms.base import PlatformAdapter
+
+SECRET_KEY = ("password", "secret", "token", "key", "uri", "url", "dsn")
+"""Values whose key contains one of these are replaced by a mark in the configuration backup."""
+
+
+def redact_values(values: object) -> object:
+    """Values without anything that looks like a secret (for the configuration backup)."""
+    if isinstance(values, dict):
+        return {key: "<redacted>" if any(word in str(key).lower() for word in SECRET_KEY) and
+                not isinstance(value, dict | list) else redact_values(value) for key, value in values.items()}
+    if isinstance(values, list):
+        return [redact_values(value) for value in values]
+    return values
+
+
+def manifest_without_secrets(manifest: str) -> str:
+    """The release manifest with the data of every Secret dropped."""
+    documents = []
+    for document in yaml.safe_load_all(manifest):
+        if isinstance(document, dict) and document.get("kind") == "Secret":
+            document = {**document, "data": "<redacted>", "stringData": "<redacted>"}
+        if document:
+            documents.append(document)
+    return yaml.safe_dump_all(documents)
+
+
+def image_tag(values: dict, path: str) -> str | None:
+    node: object = values
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return str(node)
+
+
+class HelmDriver:
+    """The same interface as ProcessDriver, for a server deployed by a Helm chart."""
+
+    def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database,
+                 helm: HelmClient | None = None, kube: Kube | None = None):
+        self.env, self.adapter, self.database = env, adapter, database
+        self.config = env.driver.helm
+        self.release = HelmRelease(self.config.release, self.config.namespace, self.config.chart,
+                                   self.config.chart_version, self.config.values_files, self.config.overrides,
+                                   self.config.image_tag_path, int(self.config.timeout_seconds))
+        self.local = ProcessDriver(env, adapter, database)
+        self._helm, self._kube = helm, kube
+
+    # -- clients (connections are looked up only when used) ------------------------------------
+    def kubeconfig(self) -> str:
+        return kubeconfig_for(self.config.kubernetes_conn_id)
+
+    @property
+    def helm(self) -> HelmClient:
+        if self._helm is None:
+            self._helm = helm_client(self.kubeconfig(), self.config.backend)
+        return self._helm
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(self.kubeconfig())
+        return self._kube
+
+    # -- what the steps call -------------------------------------------------------------------
+    def ensure_installed(self, version: str) -> Path:
+        """The version's client in a local virtualenv (rehearsal, artifact check); the cluster
+        pulls the server image itself."""
+        return self.local.ensure_installed(version)
+
+    def venv_path(self, version: str) -> Path:
+        return self.local.venv_path(version)
+
+    def deployed(self) -> dict:
+        status = self.helm.status(self.release)
+        values = self.helm.get_values(self.release)
+        return {**status, "image_tag": image_tag(values, self.release.image_tag_path)}
+
+    def configuration(self) -> dict:
+        """Revision, values and manifest of the release, secrets left out (for the backup set)."""
+        deployed = self.deployed()
+        return {"driver": "helm", "url": self.env.url, "release": self.release.name,
+                "namespace": self.release.namespace, "chart": self.release.chart,
+                "chart_version": self.release.chart_version, **deployed,
+                "values": redact_values(self.helm.get_values(self.release)),
+                "manifest": manifest_without_secrets(self.helm.manifest(self.release)),
+                "database": self.database.describe()}
+
+    def snapshot(self) -> dict:
+        """What a rollback needs to bring this deployment back: the release's current revision."""
+        deployed = self.deployed()
+        return {"revision": deployed["revision"], "image_tag": deployed["image_tag"]}
+
+    def stop(self) -> dict:
+        """Scale the server Deployment to zero and wait until no replica is left (freezes writes)."""
+        started = time.monotonic()
+        self.kube.scale(self.release.namespace, self.config.deployment, 0)
+        self.wait_rollout(lambda rollout: rollout.available == 0 and rollout.ready == 0, "scaled to zero")
+        return {"stopped": True, "deployment": self.config.deployment, "seconds": round(time.monotonic() - started, 3)}
+
+    def migrate(self, version: str, database: Database | None = None) -> dict:
+        """On a scratch copy: locally. On the environment's database: the chart's migration Job with
+        the NEW image, waited for; its logs go into the task log; a failure raises before the
+        release changes."""
+        if database is not None:
+            return self.local.migrate(version, database)
+        job = self.migration_job(version)
+        started = time.monotonic()
+        name = self.kube.create_job(self.release.namespace, job)
+        state = self.wait_job(name)
+        logs = self.kube.job_logs(self.release.namespace, name)
+        print(f"--- logs of migration job {name} ---\n{logs}")
+        if state != "succeeded":
+            raise DriverError(f"{self.env.name}: migration job {self.release.namespace}/{name} with image "
+                              f"{self.kube.job_image(self.release.namespace, name)} {state}; the release was not "
+                              f"changed. Its logs:\n{logs[-3000:]}")
+        return {"job": name, "image": self.kube.job_image(self.release.namespace, name),
+                "seconds": round(time.monotonic() - started, 3), "output_tail": logs[-1000:]}
+
+    def migration_job(self, version: str) -> dict:
+        """The chart's Job, rendered with the new image tag and `migration_values`, named for the version."""
+        values = release_values(self.release, version, self.config.migration_values)
+        for text in self.helm.render(self.release, values).values():
+            for document in yaml.safe_load_all(text):
+                if isinstance(document, dict) and document.get("kind") == "Job" and \
+                        document["metadata"]["name"] == self.config.migration_job:
+                    document["metadata"]["name"] = f"{self.config.migration_job}-{version.replace('.', '-')}"
+                    return document
+        raise DriverError(f"{self.env.name}: chart {self.release.chart} renders no Job named "
+                          f"{self.config.migration_job} with {self.config.migration_values}")
+
+    def start(self, version: str) -> dict:
+        """`helm upgrade` to the version's image tag (the target's values files and overrides), then
+        wait for the rollout and for the server to answer."""
+        values = release_values(self.release, version)
+        return self.apply(version, lambda: self.helm.upgrade(self.release, values,
+                                                             description=f"airlock: upgrade to {version}"),
+                          f"upgraded to {version}")
+
+    def restore(self, version: str, state: dict) -> dict:
+        """Bring back the revision recorded before the upgrade (`snapshot`), with its replicas."""
+        revision = state.get("revision")
+        if not revision:
+            return self.start(version)
+        return self.apply(version, lambda: self.helm.rollback(self.release, int(revision)),
+                          f"rolled back to revision {revision}")
+
+    def apply(self, version: str, change, action: str) -> dict:
+        started = time.monotonic()
+        try:
+            change()
+        except HelmError as error:
+            raise DriverError(f"{self.env.name}: {error}") from None
+        self.wait_rollout(lambda rollout: rollout.done and rollout.replicas > 0 and
+                          rollout.image.endswith(f":{version}"), f"rolled out with {version}")
+        health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
+        return {"version": version, "action": action, **self.helm.status(self.release),
+                "seconds_to_healthy": round(time.monotonic() - started, 3), "health_seconds": round(health, 3)}
+
+    def wait_rollout(self, reached, what: str) -> None:
+        deadline = time.monotonic() + self.env.driver.start_timeout_seconds
+        rollout = None
+        while time.monotonic() < deadline:
+            rollout = self.kube.rollout(self.release.namespace, self.config.deployment)
+            if reached(rollout):
+                return
+            time.sleep(1)
+        raise DriverError(f"{self.env.name}: deployment {self.release.namespace}/{self.config.deployment} not "
+                          f"{what} after {self.env.driver.start_timeout_seconds:.0f} s: "
+                          f"{rollout.describe() if rollout else 'not found'}")
+
+    def wait_job(self, name: str) -> str:
+        deadline = time.monotonic() + self.release.timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                state = self.kube.job_state(self.release.namespace, name)
+            except KubeError as error:
+                raise DriverError(f"{self.env.name}: {error}") from None
+            if state != "running":
+                return state
+            time.sleep(1)
+        return f"did not finish within {self.release.timeout_seconds} s"

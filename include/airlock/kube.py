@@ -1,0 +1,135 @@
+"""The Kubernetes calls a Helm deployment needs: scale, rollout state, migration Jobs and their logs.
+
+Credentials come from the Airflow Kubernetes connection (through the cncf provider's
+KubernetesHook, at run time only); Helm gets the same cluster through a kubeconfig file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import yaml
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes call failed or a workload did not become what was asked; the message says which."""
+
+
+def kubeconfig_for(conn_id: str) -> str:
+    """A kubeconfig path for the connection: its `kube_config_path`, or its inline `kube_config`
+    written to a private (0600) temporary file."""
+    from airflow.sdk import BaseHook
+
+    extra = BaseHook.get_connection(conn_id).extra_dejson
+    path = extra.get("kube_config_path") or extra.get("extra__kubernetes__kube_config_path")
+    if path:
+        return path
+    inline = extra.get("kube_config") or extra.get("extra__kubernetes__kube_config")
+    if not inline:
+        raise KubeError(f"Airflow connection {conn_id} has neither kube_config_path nor kube_config "
+                        "(in-cluster workers: set kube_config_path to a kubeconfig for the service account)")
+    handle, path = tempfile.mkstemp(prefix="airlock-kubeconfig-", suffix=".yaml")
+    with os.fdopen(handle, "w") as file:
+        file.write(inline if isinstance(inline, str) else yaml.safe_dump(inline))
+    return path
+
+
+@dataclass(frozen=True)
+class Rollout:
+    generation: int
+    observed_generation: int
+    replicas: int
+    updated: int
+    ready: int
+    available: int
+    image: str
+
+    @property
+    def done(self) -> bool:
+        """The controller saw the newest spec and every wanted replica runs it and is available."""
+        return (self.observed_generation >= self.generation and self.updated == self.replicas
+                and self.available == self.replicas and self.ready == self.replicas)
+
+    def describe(self) -> str:
+        return (f"image {self.image}, {self.available}/{self.replicas} available, {self.updated} updated, "
+                f"generation {self.generation} (observed {self.observed_generation})")
+
+
+class Kube:
+    """Apps, batch and core calls on one cluster."""
+
+    def __init__(self, kubeconfig: str):
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=kubeconfig)
+        self.apps, self.batch, self.core = client.AppsV1Api(api), client.BatchV1Api(api), client.CoreV1Api(api)
+        self.errors = client.exceptions.ApiException
+
+    def _call(self, what: str, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except self.errors as error:
+            raise KubeError(f"{what}: HTTP {error.status} {error.reason}: {(error.body or '')[:300]}") from None
+
+    # -- deployments ---------------------------------------------------------------------------
+    def rollout(self, namespace: str, name: str) -> Rollout:
+        found = self._call(f"read deployment {namespace}/{name}", self.apps.read_namespaced_deployment, name, namespace)
+        status = found.status
+        return Rollout(generation=found.metadata.generation or 0,
+                       observed_generation=status.observed_generation or 0,
+                       replicas=found.spec.replicas or 0, updated=status.updated_replicas or 0,
+                       ready=status.ready_replicas or 0, available=status.available_replicas or 0,
+                       image=found.spec.template.spec.containers[0].image)
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        self._call(f"scale deployment {namespace}/{name} to {replicas}", self.apps.patch_namespaced_deployment_scale,
+                   name, namespace, {"spec": {"replicas": replicas}})
+
+    def selector(self, namespace: str, service: str) -> dict:
+        return self._call(f"read service {namespace}/{service}", self.core.read_namespaced_service,
+                          service, namespace).spec.selector or {}
+
+    def set_selector(self, namespace: str, service: str, selector: dict) -> None:
+        self._call(f"switch service {namespace}/{service}", self.core.patch_namespaced_service, service, namespace,
+                   {"spec": {"selector": selector}})
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def create_job(self, namespace: str, manifest: dict) -> str:
+        """Create the Job unless one of that name exists already (a retried task); return its name."""
+        name = manifest["metadata"]["name"]
+        try:
+            self.batch.create_namespaced_job(namespace, manifest)
+        except self.errors as error:
+            if error.status != 409:
+                raise KubeError(f"create job {namespace}/{name}: HTTP {error.status}: {(error.body or '')[:300]}") \
+                    from None
+        return name
+
+    def job_state(self, namespace: str, name: str) -> str:
+        """succeeded, failed or running."""
+        job = self._call(f"read job {namespace}/{name}", self.batch.read_namespaced_job_status, name, namespace)
+        status = job.status
+        conditions = {c.type: c.status for c in status.conditions or []}
+        if conditions.get("Complete") == "True" or (status.succeeded or 0) > 0:
+            return "succeeded"
+        if conditions.get("Failed") == "True" or (status.failed or 0) > 0:
+            return "failed"
+        return "running"
+
+    def job_image(self, namespace: str, name: str) -> str:
+        job = self._call(f"read job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)
+        return job.spec.template.spec.containers[0].image
+
+    def job_logs(self, namespace: str, name: str, lines: int = 200) -> str:
+        """The logs of the Job's pods (what the migration printed), for the task log."""
+        pods = self._call(f"list pods of job {name}", self.core.list_namespaced_pod, namespace,
+                          label_selector=f"job-name={name}").items
+        texts = []
+        for pod in pods:
+            try:
+                texts.append(self.core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=lines))
+            except self.errors as error:
+                texts.append(f"(no log from pod {pod.metadata.name}: HTTP {error.status})")
+        return "\n".join(texts) or f"(job {name} has no pods with logs)"
