@@ -59,6 +59,7 @@ class Scenario:
     driver: str = "process"
     """process, or helm (the chart in tests/charts/mlflow-lite, on the test API server)."""
     start_timeout_seconds: float = 120
+    kube_conn_id: str = KUBE_CONN_ID
     environment_settings: dict[str, dict] = field(default_factory=dict)
     databases: dict[str, MysqlDatabase] = field(default_factory=dict)
 
@@ -86,7 +87,7 @@ class Scenario:
     def helm_entry(self, env: str) -> dict:
         release = "mlflow"
         return {"release": release, "namespace": self.namespace(env), "chart": str(CHART), "deployment": release,
-                "service": release, "migration_job": f"{release}-migrate", "kubernetes_conn_id": KUBE_CONN_ID,
+                "service": release, "migration_job": f"{release}-migrate", "kubernetes_conn_id": self.kube_conn_id,
                 "timeout_seconds": 120}
 
     def namespace(self, env: str) -> str:

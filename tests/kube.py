@@ -39,10 +39,15 @@ def envtest_assets() -> Path | None:
     return None
 
 
+DEPLOYER = "airlock-deployer"
+"""A user with no rights but those a test binds to it (RBAC is on)."""
+
+
 @dataclass
 class ApiServer:
     url: str
     token: str
+    deployer_token: str
     ca_file: Path
     kubeconfig: Path
     processes: list[subprocess.Popen]
@@ -97,9 +102,10 @@ def start_api_server(assets: Path) -> ApiServer:
     """etcd, then kube-apiserver with RBAC and a static admin token, as README.md of envtest says."""
     root = Path(tempfile.mkdtemp(prefix="airlock-envtest-"))
     client, peer, port = free_port(), free_port(), free_port()
-    token = secrets.token_hex(16)
+    token, deployer_token = secrets.token_hex(16), secrets.token_hex(16)
     subprocess.run(["openssl", "genrsa", "-out", str(root / "sa.key"), "2048"], check=True, capture_output=True)
-    (root / "tokens.csv").write_text(f'{token},envtest-admin,envtest-admin,"system:masters"\n')
+    (root / "tokens.csv").write_text(f'{token},envtest-admin,envtest-admin,"system:masters"\n'
+                                     f'{deployer_token},{DEPLOYER},{DEPLOYER}\n')
     logs = root / "logs"
     logs.mkdir()
     etcd = subprocess.Popen(
@@ -109,8 +115,8 @@ def start_api_server(assets: Path) -> ApiServer:
          f"--initial-cluster=envtest=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--logger=zap",
          "--log-level=warn"],
         stdout=open(logs / "etcd.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
-    server = ApiServer(f"https://127.0.0.1:{port}", token, root / "certs" / "apiserver.crt", root / "kubeconfig",
-                       [etcd], root)
+    server = ApiServer(f"https://127.0.0.1:{port}", token, deployer_token, root / "certs" / "apiserver.crt",
+                       root / "kubeconfig", [etcd], root)
     try:
         wait_until(lambda: b"true" in urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=2).read(),
                    30, "etcd health")

@@ -8,8 +8,10 @@ Job's real migration against the environment's database.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from airlock.helm import HelmRelease, SdkHelm, release_values
 from harness import (
     CONN_ID,
@@ -26,11 +28,14 @@ from harness import (
     task_states,
     write_targets,
 )
+from kube import DEPLOYER
 from kubelet import ProcessKubelet
 from services import connection_uri_for_airflow
 
 pytestmark = pytest.mark.integration
 ENVS = ("staging", "production")
+LEAST_PRIVILEGE_CONN_ID = "airlock_test_kube_least_privilege"
+ROLE = Path(__file__).resolve().parents[1] / "include" / "airlock" / "kubernetes-role.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +43,28 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
     from kubernetes import client, config
 
     root = tmp_path_factory.mktemp("helm")
-    scenarios = {name: make_scenario(name, root, port, port + 1, driver="helm", start_timeout_seconds=timeout)
-                 for name, port, timeout in (("helm_happy", 5140, 120), ("helm_job_fails", 5142, 120),
-                                             ("helm_never_ready", 5144, 25))}
+    scenarios = {name: make_scenario(name, root, port, port + 1, driver="helm", start_timeout_seconds=timeout,
+                                     kube_conn_id=conn)
+                 for name, port, timeout, conn in (("helm_happy", 5140, 120, KUBE_CONN_ID),
+                                                   ("helm_job_fails", 5142, 120, KUBE_CONN_ID),
+                                                   ("helm_never_ready", 5144, 25, KUBE_CONN_ID),
+                                                   ("helm_least_privilege", 5146, 120, LEAST_PRIVILEGE_CONN_ID))}
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
-    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_api.kubeconfig)))
+    admin = config.new_client_from_config(config_file=str(kube_api.kubeconfig))
+    core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
     for scenario in scenarios.values():
         for env in ENVS:
             core.create_namespace({"metadata": {"name": scenario.namespace(env)}})
+    bind_airlock_role(rbac, [scenarios["helm_least_privilege"].namespace(env) for env in ENVS])
+    deployer_kubeconfig = kube_api.kubeconfig_for(kube_api.deployer_token, root / "deployer-kubeconfig")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
-        patch.setenv(f"AIRFLOW_CONN_{KUBE_CONN_ID.upper()}", json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kube_api.kubeconfig)}}))
+        kubeconfigs = {KUBE_CONN_ID: kube_api.kubeconfig, LEAST_PRIVILEGE_CONN_ID: deployer_kubeconfig}
+        for conn_id, kubeconfig in kubeconfigs.items():
+            patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(
+                {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}))
         kubelet = ProcessKubelet(str(kube_api.kubeconfig), {
             (s.namespace(env), "mlflow"): s.env(env) for s in scenarios.values() for env in ENVS})
         kubelet.start()
@@ -59,6 +72,17 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
         kubelet.stop()
         for scenario in scenarios.values():
             stop_all(scenario)
+
+
+def bind_airlock_role(rbac, namespaces: list[str]) -> None:
+    """The documented Role, bound to the deployer user (and nothing else) in each namespace."""
+    role = yaml.safe_load(ROLE.read_text())
+    for namespace in namespaces:
+        rbac.create_namespaced_role(namespace, role)
+        rbac.create_namespaced_role_binding(namespace, {
+            "metadata": {"name": "airlock-upgrader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DEPLOYER}]})
 
 
 def release(scenario, env: str) -> HelmRelease:
@@ -148,3 +172,25 @@ def test_rollout_that_never_becomes_ready_rolls_back_release_and_database(world)
     assert served(s, "staging") == OLD
     assert s.databases["staging"].table_stats() == tables  # the migrated schema is gone
     assert fingerprints(s) == before
+
+
+def test_the_whole_upgrade_runs_with_only_the_documented_role(world, kube_api):
+    from kubernetes import client, config
+
+    scenarios, targets_file, kubelet, helm = world
+    s = scenarios["helm_least_privilege"]
+    install_and_seed(s, helm)
+    before = fingerprints(s)
+    deployer = client.CoreV1Api(config.new_client_from_config(
+        config_file=str(kube_api.kubeconfig_for(kube_api.deployer_token, s.root / "check-kubeconfig"))))
+    with pytest.raises(client.exceptions.ApiException) as denied:  # the token really is restricted
+        deployer.list_namespaced_secret("helm-happy-staging")
+    assert denied.value.status == 403
+
+    run, _ = run_upgrade("airlock_upgrade__helm_least_privilege", targets_file,
+                         {"target_version": NEW, "watch_seconds": 3})
+
+    assert str(run.state) == "success", (task_states(run), kubelet.errors)
+    assert served(s, "staging") == served(s, "production") == NEW
+    assert fingerprints(s) == before
+    assert image_tags(helm, s, "production") == [OLD, NEW]

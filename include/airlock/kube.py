@@ -109,7 +109,7 @@ class Kube:
 
     def job_state(self, namespace: str, name: str) -> str:
         """succeeded, failed or running."""
-        job = self._call(f"read job {namespace}/{name}", self.batch.read_namespaced_job_status, name, namespace)
+        job = self._call(f"read job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)
         status = job.status
         conditions = {c.type: c.status for c in status.conditions or []}
         if conditions.get("Complete") == "True" or (status.succeeded or 0) > 0:
@@ -117,6 +117,29 @@ class Kube:
         if conditions.get("Failed") == "True" or (status.failed or 0) > 0:
             return "failed"
         return "running"
+
+    def unfinished_jobs(self, namespace: str, prefix: str) -> list[str]:
+        jobs = self._call(f"list jobs in {namespace}", self.batch.list_namespaced_job, namespace).items
+        return [job.metadata.name for job in jobs if job.metadata.name.startswith(prefix)
+                and self.job_state(namespace, job.metadata.name) == "running"]
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and its pods (a migration must not go on writing while a backup is restored)."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+        except self.errors as error:
+            if error.status != 404:
+                raise KubeError(f"delete job {namespace}/{name}: HTTP {error.status}: {(error.body or '')[:300]}") \
+                    from None
+
+    def job_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.batch.read_namespaced_job(name, namespace)
+        except self.errors as error:
+            if error.status == 404:
+                return False
+            raise KubeError(f"read job {namespace}/{name}: HTTP {error.status}") from None
+        return True
 
     def job_image(self, namespace: str, name: str) -> str:
         job = self._call(f"read job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)

@@ -117,11 +117,22 @@ class HelmDriver:
         return {"revision": deployed["revision"], "image_tag": deployed["image_tag"]}
 
     def stop(self) -> dict:
-        """Scale the server Deployment to zero and wait until no replica is left (freezes writes)."""
+        """Scale the server Deployment to zero and wait until no replica is left, and stop any
+        migration Job still running (a rollback restores the database next: nothing may write)."""
         started = time.monotonic()
         self.kube.scale(self.release.namespace, self.config.deployment, 0)
         self.wait_rollout(lambda rollout: rollout.available == 0 and rollout.ready == 0, "scaled to zero")
-        return {"stopped": True, "deployment": self.config.deployment, "seconds": round(time.monotonic() - started, 3)}
+        stopped_jobs = self.kube.unfinished_jobs(self.release.namespace, f"{self.config.migration_job}-")
+        for name in stopped_jobs:
+            self.kube.delete_job(self.release.namespace, name)
+        deadline = time.monotonic() + self.release.timeout_seconds
+        while any(self.kube.job_exists(self.release.namespace, name) for name in stopped_jobs):
+            if time.monotonic() > deadline:
+                raise DriverError(f"{self.env.name}: migration job(s) {stopped_jobs} still there after deletion; "
+                                  "check them before restoring the database")
+            time.sleep(1)
+        return {"stopped": True, "deployment": self.config.deployment, "migration_jobs_stopped": stopped_jobs,
+                "seconds": round(time.monotonic() - started, 3)}
 
     def migrate(self, version: str, database: Database | None = None) -> dict:
         """On a scratch copy: locally. On the environment's database: the chart's migration Job with
