@@ -141,7 +141,8 @@ def test_failed_migration_job_leaves_the_release_untouched_and_restores_the_data
         kubelet.fail_jobs = False
 
     states = task_states(run)
-    assert states["staging_upgrade.migrate"] == "failed", states
+    assert states["staging_upgrade.migration_job"] == "failed", states  # the deferrable wait saw the Job fail
+    assert states["staging_upgrade.start"] == "upstream_failed", states
     assert states["staging_upgrade.rollback_staging"] == "success", (states, kubelet.errors)
     assert NEW not in image_tags(helm, s, "staging")  # never upgraded; the rollback re-applied revision 1
     assert served(s, "staging") == OLD
@@ -164,8 +165,9 @@ def test_rollout_that_never_becomes_ready_rolls_back_release_and_database(world)
         kubelet.never_ready.discard(NEW)
 
     states = task_states(run)
-    assert states["staging_upgrade.migrate"] == "success", states
-    assert states["staging_upgrade.start"] == "failed", states
+    assert states["staging_upgrade.migration_job"] == "success", states
+    assert states["staging_upgrade.start"] == "success", states  # helm upgrade went through
+    assert states["staging_upgrade.rollout"] == "failed", states  # the deferrable wait timed out
     assert states["staging_upgrade.rollback_staging"] == "success", (states, kubelet.errors)
     tags = image_tags(helm, s, "staging")
     assert tags[:2] == [OLD, NEW] and tags[-1] == OLD  # helm rollback to the recorded revision

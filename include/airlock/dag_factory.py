@@ -20,7 +20,14 @@ from airlock.approval import approval_body, downtime_estimate
 from airlock.backups import now_iso
 from airlock.config import TargetConfig, load_targets
 from airlock.environment import open_adapter, open_environment, open_store
-from airlock.operators import DrainDecisionOperator, DrainSensor, RdsSnapshotSensor, UpgradeApprovalOperator
+from airlock.operators import (
+    DrainDecisionOperator,
+    DrainSensor,
+    MigrationJobSensor,
+    RdsSnapshotSensor,
+    RolloutSensor,
+    UpgradeApprovalOperator,
+)
 from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
@@ -149,6 +156,23 @@ def pause_steps(target: TargetConfig, name: str) -> tuple[list, list]:
                        trigger_rule="all_done")])
 
 
+def helm_wait(target: TargetConfig, name: str, what: str) -> list:
+    """For a Helm target: the deferrable wait for the migration Job, or for the rollout."""
+    driver = target.environment(name).driver
+    if driver.helm is None:
+        return []
+    helm, group = driver.helm, f"{name}_upgrade"
+    common = {"environment": name, "conn_id": helm.kubernetes_conn_id, "namespace": helm.namespace,
+              "poll_interval": 2, **NO_RETRY}
+    if what == "migration":
+        job = f"{{{{ ti.xcom_pull(task_ids='{group}.migrate')['job'] }}}}"
+        return [MigrationJobSensor(task_id="migration_job", job=job, timeout_minutes=helm.timeout_seconds / 60,
+                                   **common)]
+    return [RolloutSensor(task_id="rollout", deployment=helm.deployment,
+                          version=f"{{{{ ti.xcom_pull(task_ids='preflight.plan')['{name}']['target'] }}}}",
+                          timeout_minutes=driver.start_timeout_seconds / 60, **common)]
+
+
 def environment_steps(target: TargetConfig, name: str, plan) -> list:
     """drain (+ decision) → stop → backup → migrate → start → health → smoke → fingerprint (→ artifact
     loading with the new client, on staging), for one environment."""
@@ -167,7 +191,9 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
         *rds_snapshot_steps(target, name, env),
         step_task("migrate", lambda: steps.migrate(env(), run_id())),
+        *helm_wait(target, name, "migration"),
         step_task("start", lambda: steps.start(env(), run_id())),
+        *helm_wait(target, name, "rollout"),
         step_task("health", lambda plan_: steps.check_health(env(), plan_), plan, retry=RETRY),
         step_task("smoke", lambda: steps.smoke(env()), retry=RETRY),
         step_task("fingerprint", lambda: steps.verify_fingerprint(env(), run_id()), retry=RETRY),

@@ -81,6 +81,52 @@ class DrainSensor(PollSensor):
                 f"nothing was stopped. Wait for them or stop them, then clear this task:\n  - {listing}")
 
 
+class MigrationJobSensor(PollSensor):
+    """Wait for a Helm target's migration Job; its logs go into the task log, and a failed Job fails
+    the task before the release is changed."""
+
+    check = "airlock.drivers.helm:job_check"
+    template_fields = ("timeout_minutes", "job")
+
+    def __init__(self, *, environment: str, conn_id: str, namespace: str, job: str, **kwargs):
+        super().__init__(**kwargs)
+        self.environment, self.conn_id, self.namespace, self.job = environment, conn_id, namespace, job
+
+    def check_kwargs(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "namespace": self.namespace, "name": self.job}
+
+    def on_done(self, event: dict) -> dict:
+        from airlock.drivers.helm import finished_job
+
+        return finished_job(self.environment, event)
+
+    def timeout_message(self, event: dict) -> str:
+        return (f"{self.environment}: migration job {self.namespace}/{self.job} still running after "
+                f"{self.timeout_minutes} min; the release was not changed. Look at the job, then clear this task "
+                "to wait again, or let the rollback run.")
+
+
+class RolloutSensor(PollSensor):
+    """Wait until every replica of a Helm target's server Deployment runs the new version."""
+
+    check = "airlock.drivers.helm:rollout_check"
+    template_fields = ("timeout_minutes", "version")
+
+    def __init__(self, *, environment: str, conn_id: str, namespace: str, deployment: str, version: str, **kwargs):
+        super().__init__(**kwargs)
+        self.environment, self.conn_id, self.namespace = environment, conn_id, namespace
+        self.deployment, self.version = deployment, version
+
+    def check_kwargs(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "namespace": self.namespace, "deployment": self.deployment,
+                "version": self.version}
+
+    def timeout_message(self, event: dict) -> str:
+        return (f"{self.environment}: deployment {self.namespace}/{self.deployment} not rolled out with "
+                f"{self.version} after {self.timeout_minutes} min ({event.get('rollout')}); the rollback restores "
+                "the database and rolls the release back to its recorded revision.")
+
+
 class RdsSnapshotSensor(PollSensor):
     """Wait until an RDS snapshot is available (taken with the server stopped, before migrating)."""
 

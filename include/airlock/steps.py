@@ -267,7 +267,10 @@ def migrate(env: Environment, run_id: str) -> dict:
         raise UpgradeError(f"refusing to migrate {env.name}: its RDS snapshot is not available")
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)
-    return {"to_version": marker["to_version"], **env.driver.migrate(marker["to_version"])}
+    version = marker["to_version"]
+    # a Kubernetes Job is only launched here; a deferrable sensor waits for it
+    result = env.driver.launch_migration(version) if env.driver.deferrable else env.driver.migrate(version)
+    return {"to_version": version, **result}
 
 
 def start(env: Environment, run_id: str) -> dict:
@@ -279,7 +282,8 @@ def start(env: Environment, run_id: str) -> dict:
         # ZenML and MLflow 3 migrate an old schema by themselves when the new version starts.
         raise UpgradeError(f"refusing to start {env.adapter.name} {marker['to_version']} on {env.name}: no verified "
                            "backup taken after the server stopped (a new version may migrate the database at start)")
-    return env.driver.start(marker["to_version"])
+    version = marker["to_version"]
+    return env.driver.launch(version) if env.driver.deferrable else env.driver.start(version)
 
 
 def check_health(env: Environment, plan_: dict) -> dict:

@@ -21,7 +21,7 @@ from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
 from airlock.drivers.process import DriverError, ProcessDriver
 from airlock.helm import HelmClient, HelmError, HelmRelease, helm_client, release_values
-from airlock.kube import Kube, KubeError, kubeconfig_for
+from airlock.kube import Kube, kubeconfig_for
 from airlock.platforms.base import PlatformAdapter
 
 SECRET_KEY = ("password", "secret", "token", "key", "uri", "url", "dsn")
@@ -60,6 +60,9 @@ def image_tag(values: dict, path: str) -> str | None:
 
 class HelmDriver:
     """The same interface as ProcessDriver, for a server deployed by a Helm chart."""
+
+    deferrable = True
+    """In the DAG, the migration Job and the rollout are waited for by deferrable sensors."""
 
     def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database,
                  helm: HelmClient | None = None, kube: Kube | None = None):
@@ -140,18 +143,20 @@ class HelmDriver:
         release changes."""
         if database is not None:
             return self.local.migrate(version, database)
-        job = self.migration_job(version)
         started = time.monotonic()
+        launched = self.launch_migration(version)
+        deadline = time.monotonic() + self.release.timeout_seconds
+        while (check := job_check(self.config.kubernetes_conn_id, self.release.namespace, launched["job"],
+                                  kube=self.kube))["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(1)
+        return {**finished_job(self.env.name, check), "seconds": round(time.monotonic() - started, 3)}
+
+    def launch_migration(self, version: str) -> dict:
+        """Create the migration Job (idempotent) and return at once: a deferrable sensor waits for it."""
+        job = self.migration_job(version)
         name = self.kube.create_job(self.release.namespace, job)
-        state = self.wait_job(name)
-        logs = self.kube.job_logs(self.release.namespace, name)
-        print(f"--- logs of migration job {name} ---\n{logs}")
-        if state != "succeeded":
-            raise DriverError(f"{self.env.name}: migration job {self.release.namespace}/{name} with image "
-                              f"{self.kube.job_image(self.release.namespace, name)} {state}; the release was not "
-                              f"changed. Its logs:\n{logs[-3000:]}")
-        return {"job": name, "image": self.kube.job_image(self.release.namespace, name),
-                "seconds": round(time.monotonic() - started, 3), "output_tail": logs[-1000:]}
+        return {"job": name, "namespace": self.release.namespace, "image": job["spec"]["template"]["spec"][
+            "containers"][0]["image"], "deferred": True}
 
     def migration_job(self, version: str) -> dict:
         """The chart's Job, rendered with the new image tag and `migration_values`, named for the version."""
@@ -168,10 +173,20 @@ class HelmDriver:
     def start(self, version: str) -> dict:
         """`helm upgrade` to the version's image tag (the target's values files and overrides), then
         wait for the rollout and for the server to answer."""
-        values = release_values(self.release, version)
-        return self.apply(version, lambda: self.helm.upgrade(self.release, values,
-                                                             description=f"airlock: upgrade to {version}"),
-                          f"upgraded to {version}")
+        return self.apply(version, lambda: self.upgrade_release(version), f"upgraded to {version}")
+
+    def launch(self, version: str) -> dict:
+        """`helm upgrade` and return at once: a deferrable sensor waits for the rollout."""
+        try:
+            self.upgrade_release(version)
+        except HelmError as error:
+            raise DriverError(f"{self.env.name}: {error}") from None
+        return {"version": version, "action": f"upgraded to {version}", **self.helm.status(self.release),
+                "deferred": True}
+
+    def upgrade_release(self, version: str) -> None:
+        self.helm.upgrade(self.release, release_values(self.release, version),
+                          description=f"airlock: upgrade to {version}")
 
     def restore(self, version: str, state: dict) -> dict:
         """Bring back the revision recorded before the upgrade (`snapshot`), with its replicas."""
@@ -205,14 +220,31 @@ class HelmDriver:
                           f"{what} after {self.env.driver.start_timeout_seconds:.0f} s: "
                           f"{rollout.describe() if rollout else 'not found'}")
 
-    def wait_job(self, name: str) -> str:
-        deadline = time.monotonic() + self.release.timeout_seconds
-        while time.monotonic() < deadline:
-            try:
-                state = self.kube.job_state(self.release.namespace, name)
-            except KubeError as error:
-                raise DriverError(f"{self.env.name}: {error}") from None
-            if state != "running":
-                return state
-            time.sleep(1)
-        return f"did not finish within {self.release.timeout_seconds} s"
+
+
+def job_check(conn_id: str, namespace: str, name: str, kube: Kube | None = None) -> dict:
+    """Done when the migration Job finished (either way); with its logs for the task log."""
+    kube = kube or Kube(kubeconfig_for(conn_id))
+    state = kube.job_state(namespace, name)
+    if state == "running":
+        return {"done": False, "state": state, "job": name}
+    return {"done": True, "state": state, "job": name, "namespace": namespace,
+            "image": kube.job_image(namespace, name), "logs": kube.job_logs(namespace, name)[-4000:]}
+
+
+def finished_job(environment: str, check: dict) -> dict:
+    """The migration's result; a Job that did not succeed stops the upgrade before the release changes."""
+    print(f"--- logs of migration job {check['job']} ---\n{check.get('logs', '(none yet)')}")
+    if check["state"] != "succeeded":
+        state = check["state"] if check["state"] != "running" else "did not finish in time"
+        raise DriverError(f"{environment}: migration job {check.get('namespace', '')}/{check['job']} with image "
+                          f"{check.get('image', '?')} {state}; the release was not changed. Its logs:\n"
+                          f"{check.get('logs', '')[-3000:]}")
+    return {"job": check["job"], "image": check["image"], "output_tail": check["logs"][-1000:]}
+
+
+def rollout_check(conn_id: str, namespace: str, deployment: str, version: str) -> dict:
+    """Done when every replica of the Deployment runs `version` and is available."""
+    rollout = Kube(kubeconfig_for(conn_id)).rollout(namespace, deployment)
+    done = rollout.done and rollout.replicas > 0 and rollout.image.endswith(f":{version}")
+    return {"done": done, "rollout": rollout.describe()}

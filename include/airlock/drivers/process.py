@@ -95,6 +95,9 @@ def run_or_fail(argv: list[str], what: str) -> None:
 class ProcessDriver:
     """Deploys one environment's server as a local process."""
 
+    deferrable = False
+    """A local migration and start are short and watched by the task itself."""
+
     def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database):
         self.env, self.adapter, self.database = env, adapter, database
         self.state_dir = Path(env.driver.state_dir)
@@ -173,6 +176,12 @@ class ProcessDriver:
             raise DriverError(f"{self.env.name}: {self.adapter.name} {version} did not become healthy: "
                               f"{error}\n--- last lines of {self.log_file} ---\n{tail}") from None
         return {**record, "seconds_to_healthy": round(seconds, 3)}
+
+    def launch_migration(self, version: str) -> dict:
+        return self.migrate(version)
+
+    def launch(self, version: str) -> dict:
+        return self.start(version)
 
     def snapshot(self) -> dict:
         """What a rollback needs besides the version: nothing (the version's virtualenv is kept)."""

@@ -1,0 +1,35 @@
+"""Helm values as Airlock builds them, and what of a release goes into a backup set."""
+
+from __future__ import annotations
+
+import yaml
+from airlock.drivers.helm import manifest_without_secrets, redact_values
+from airlock.helm import HelmRelease, release_values
+
+
+def test_values_files_then_overrides_then_the_image_tag(tmp_path):
+    base, env = tmp_path / "base.yaml", tmp_path / "prod.yaml"
+    base.write_text("image: {repository: mlflow, tag: '1.0'}\nreplicas: 1\nresources: {cpu: 1}\n")
+    env.write_text("replicas: 3\nresources: {memory: 2Gi}\n")
+    release = HelmRelease("mlflow", "ml", "/charts/mlflow", values_files=[str(base), str(env)],
+                          overrides={"server.workers": 4, "replicas": 2}, image_tag_path="image.tag")
+    values = release_values(release, "3.17.2", {"migration": {"enabled": True}})
+    assert values == {"image": {"repository": "mlflow", "tag": "3.17.2"}, "replicas": 2,
+                      "resources": {"cpu": 1, "memory": "2Gi"}, "server": {"workers": 4},
+                      "migration": {"enabled": True}}
+
+
+def test_configuration_backup_keeps_no_secret_values():
+    values = {"database": {"password": "s3cret", "host": "db"}, "auth": {"apiToken": "t0k"},
+              "backendStoreUri": "mysql://u:p@db/ml", "image": {"tag": "2.16.2"}}
+    redacted = redact_values(values)
+    assert redacted["database"] == {"password": "<redacted>", "host": "db"}
+    assert redacted["auth"] == {"apiToken": "<redacted>"}
+    assert redacted["backendStoreUri"] == "<redacted>"
+    assert redacted["image"] == {"tag": "2.16.2"}
+    manifest = yaml.safe_dump_all([
+        {"kind": "Secret", "metadata": {"name": "db"}, "data": {"uri": "bXlzcWw6Ly91OnBAZGI="}},
+        {"kind": "Deployment", "metadata": {"name": "mlflow"}}])
+    kept = list(yaml.safe_load_all(manifest_without_secrets(manifest)))
+    assert kept[0]["data"] == "<redacted>" and "bXlzcWw" not in manifest_without_secrets(manifest)
+    assert kept[1] == {"kind": "Deployment", "metadata": {"name": "mlflow"}}
