@@ -1,9 +1,12 @@
 """A "process kubelet" for a controller-less API server: it plays the Deployment controller, the
-Job controller and the kubelet for the servers Airlock upgrades.
+Job controller, the kubelet and kube-proxy for the servers Airlock upgrades.
 
 - A Deployment asking for replicas with image tag X: the real platform server of version X runs as
-  a local process on the environment's port (its Service URL in the tests), and the Deployment's
-  status says ready once it answers. Replicas 0: the process stops and the status says so.
+  a local process on a private port, and the Deployment's status says ready once it answers.
+  Replicas 0: the process stops and the status says so.
+- The environment's Service: a TCP proxy on the environment's URL port forwards each connection
+  to the Deployment whose pod labels the Service's selector matches (so a selector switch moves
+  the traffic, as kube-proxy would).
 - A Job: its image tag's migration runs for real against the environment's database, and the Job
   is marked Complete or Failed accordingly (or Failed on demand).
 - Tags listed in `never_ready` never become ready (a rollout that hangs).
@@ -11,32 +14,85 @@ Job controller and the kubelet for the servers Airlock upgrades.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
+import socketserver
 import threading
 import time
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 
 from airlock.drivers.process import DriverError, ProcessDriver
+from airlock.registry import PLATFORMS, load_class
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProxy(socketserver.ThreadingTCPServer):
+    """kube-proxy for one Service: forwards to `backend()` (a port, or None: connection refused)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, backend):
+        self.backend = backend
+        super().__init__(("127.0.0.1", port), ProxyHandler)
+
+
+class ProxyHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        port = self.server.backend()
+        if port is None:
+            return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=30)
+        except OSError:
+            return
+        with upstream:
+            pipes = [threading.Thread(target=pipe, args=(self.request, upstream), daemon=True),
+                     threading.Thread(target=pipe, args=(upstream, self.request), daemon=True)]
+            for thread in pipes:
+                thread.start()
+            for thread in pipes:
+                thread.join()
+
+
+def pipe(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
 class ProcessKubelet(threading.Thread):
-    def __init__(self, kubeconfig: str, workloads: dict[tuple[str, str], object]):
-        """`workloads` maps (namespace, deployment name) to the Environment it serves."""
+    def __init__(self, kubeconfig: str, environments: dict[str, object]):
+        """`environments` maps a namespace to the Environment (Helm target) deployed there."""
         super().__init__(daemon=True)
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=kubeconfig)
-        self.apps, self.batch = client.AppsV1Api(api), client.BatchV1Api(api)
-        self.workloads = workloads
-        self.local = {key: ProcessDriver(dataclasses.replace(env.config, driver=dataclasses.replace(
-            env.config.driver, kind="process", helm=None, start_timeout_seconds=180)), env.adapter, env.database)
-            for key, env in workloads.items()}
-        self.running: dict[tuple[str, str], str | None] = dict.fromkeys(workloads)
+        self.apps, self.batch, self.core = client.AppsV1Api(api), client.BatchV1Api(api), client.CoreV1Api(api)
+        self.environments = environments
+        self.local: dict[tuple[str, str], ProcessDriver] = {}
+        self.ports: dict[tuple[str, str], int] = {}
+        self.running: dict[tuple[str, str], str | None] = {}
+        self.labels: dict[tuple[str, str], dict] = {}
+        self.selectors: dict[str, dict] = {}
+        self.proxies = [ServiceProxy(env.config.port, lambda ns=namespace: self.backend(ns))
+                        for namespace, env in environments.items()]
+        for proxy in self.proxies:
+            threading.Thread(target=proxy.serve_forever, daemon=True).start()
         self.never_ready: set[str] = set()
         self.fail_jobs = False
         self.jobs_seen: list[dict] = []
@@ -46,30 +102,62 @@ class ProcessKubelet(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                for key in self.workloads:
-                    self.reconcile_deployment(*key)
-                for namespace in {namespace for namespace, _ in self.workloads}:
-                    self.reconcile_jobs(namespace)
-            except Exception:  # keep playing; the test reads the errors
-                self.errors.append(traceback.format_exc())
+            for namespace in self.environments:
+                try:
+                    self.reconcile_namespace(namespace)
+                except Exception:  # keep playing; the test reads the errors
+                    self.errors.append(traceback.format_exc())
             time.sleep(0.5)
 
     def stop(self) -> None:
         self.stop_event.set()
         self.join(timeout=30)
+        for proxy in self.proxies:
+            proxy.shutdown()
+            proxy.server_close()
         for driver in self.local.values():
             driver.stop()
 
-    # -- deployments ---------------------------------------------------------------------------
-    def reconcile_deployment(self, namespace: str, name: str) -> None:
+    def backend(self, namespace: str) -> int | None:
+        """The private port of the running Deployment whose pod labels the Service selects."""
+        selector = self.selectors.get(namespace) or {}
+        for key, labels in self.labels.items():
+            if key[0] == namespace and selector and selector.items() <= labels.items() and self.running.get(key):
+                return self.ports[key]
+        return None
+
+    def reconcile_namespace(self, namespace: str) -> None:
+        env = self.environments[namespace]
         try:
-            deployment = self.apps.read_namespaced_deployment(name, namespace)
+            self.selectors[namespace] = self.core.read_namespaced_service(
+                env.config.driver.helm.service, namespace).spec.selector or {}
         except Exception:
-            return
+            self.selectors[namespace] = {}
+        for deployment in self.apps.list_namespaced_deployment(namespace).items:
+            self.reconcile_deployment(namespace, deployment)
+        self.reconcile_jobs(namespace)
+
+    def driver_for(self, namespace: str, name: str) -> ProcessDriver:
+        """A local process per Deployment, on a private port, with the environment's database."""
+        key = (namespace, name)
+        if key not in self.local:
+            env = self.environments[namespace]
+            self.ports[key] = free_port()
+            url = f"http://127.0.0.1:{self.ports[key]}"
+            config = dataclasses.replace(env.config, url=url, driver=dataclasses.replace(
+                env.config.driver, kind="process", helm=None, start_timeout_seconds=180,
+                state_dir=str(Path(env.config.driver.state_dir) / f"pod-{name}")))
+            self.local[key] = ProcessDriver(config, load_class(PLATFORMS, env.target.platform)(url), env.database)
+            self.running[key] = None
+        return self.local[key]
+
+    # -- deployments ---------------------------------------------------------------------------
+    def reconcile_deployment(self, namespace: str, deployment) -> None:
+        name = deployment.metadata.name
+        key, driver = (namespace, name), self.driver_for(namespace, name)
+        self.labels[key] = deployment.spec.template.metadata.labels or {}
         wanted = deployment.spec.replicas or 0
         tag = deployment.spec.template.spec.containers[0].image.rsplit(":", 1)[-1]
-        key, driver = (namespace, name), self.local[(namespace, name)]
         if wanted == 0 and self.running[key] is not None:
             driver.stop()
             self.running[key] = None
@@ -100,11 +188,10 @@ class ProcessKubelet(threading.Thread):
                                    "at": time.time()})
             self.batch.patch_namespaced_job_status(job.metadata.name, namespace,
                                                    {"status": {"startTime": now(), "active": 1}})
-            deployment = next(name for ns, name in self.workloads if ns == namespace)
             succeeded = not self.fail_jobs
             if succeeded:
                 try:
-                    self.local[(namespace, deployment)].migrate(tag)
+                    self.driver_for(namespace, f"job-{job.metadata.name}").migrate(tag)
                 except DriverError as error:
                     self.events.append(f"{namespace}/{job.metadata.name}: migration failed: {error}")
                     succeeded = False

@@ -66,7 +66,7 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
             patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(
                 {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}))
         kubelet = ProcessKubelet(str(kube_api.kubeconfig), {
-            (s.namespace(env), "mlflow"): s.env(env) for s in scenarios.values() for env in ENVS})
+            s.namespace(env): s.env(env) for s in scenarios.values() for env in ENVS})
         kubelet.start()
         yield scenarios, targets_file, kubelet, SdkHelm(str(kube_api.kubeconfig))
         kubelet.stop()
