@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,8 @@ class Scenario:
     """process, or helm (the chart in tests/charts/mlflow-lite, on the test API server)."""
     start_timeout_seconds: float = 120
     kube_conn_id: str = KUBE_CONN_ID
+    helm_settings: dict[str, dict] = field(default_factory=dict)
+    """Per environment, Helm settings merged over the defaults (e.g. blue-green)."""
     environment_settings: dict[str, dict] = field(default_factory=dict)
     databases: dict[str, MysqlDatabase] = field(default_factory=dict)
 
@@ -88,7 +91,7 @@ class Scenario:
         release = "mlflow"
         return {"release": release, "namespace": self.namespace(env), "chart": str(CHART), "deployment": release,
                 "service": release, "migration_job": f"{release}-migrate", "kubernetes_conn_id": self.kube_conn_id,
-                "timeout_seconds": 120}
+                "timeout_seconds": 120, **self.helm_settings.get(env, {})}
 
     def namespace(self, env: str) -> str:
         return f"{self.name.replace('_', '-')}-{env}"
@@ -251,16 +254,16 @@ def last_record(scenario: Scenario) -> dict:
     return upgrade_log.read(scenario.root / "backups")[-1]
 
 
-def crash_server_while(dag_id: str, task_id: str, env: Environment) -> list[int]:
-    """Kill the environment's server (SIGKILL, as a crash would) once `task_id` is running; the
-    returned list gets the pid when it happened."""
+def crash_server_while(dag_id: str, task_id: str, pid_of: Callable[[], int | None]) -> list[int]:
+    """Kill a server (SIGKILL, as a crash would) once `task_id` is running; `pid_of` finds its
+    process then. The returned list gets the pid when it happened."""
     crashed: list[int] = []
 
     def crash():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not crashed:
             if task_state(dag_id, task_id) == "running":
-                pid = env.driver.running_pid()
+                pid = pid_of()
                 os.killpg(pid, signal.SIGKILL)
                 crashed.append(pid)
             time.sleep(0.5)

@@ -76,8 +76,11 @@ def pipe(source: socket.socket, target: socket.socket) -> None:
 
 
 class ProcessKubelet(threading.Thread):
-    def __init__(self, kubeconfig: str, environments: dict[str, object]):
-        """`environments` maps a namespace to the Environment (Helm target) deployed there."""
+    def __init__(self, kubeconfig: str, environments: dict[str, object],
+                 services: dict[str, dict[str, int]] | None = None):
+        """`environments` maps a namespace to the Environment (Helm target) deployed there; its
+        Service answers on the environment's URL port. `services` adds other Services of a
+        namespace on ports of their own (a blue-green release's own Service)."""
         super().__init__(daemon=True)
         from kubernetes import client, config
 
@@ -88,9 +91,11 @@ class ProcessKubelet(threading.Thread):
         self.ports: dict[tuple[str, str], int] = {}
         self.running: dict[tuple[str, str], str | None] = {}
         self.labels: dict[tuple[str, str], dict] = {}
-        self.selectors: dict[str, dict] = {}
-        self.proxies = [ServiceProxy(env.config.port, lambda ns=namespace: self.backend(ns))
-                        for namespace, env in environments.items()]
+        self.selectors: dict[tuple[str, str], dict] = {}
+        self.services = {namespace: {env.config.driver.helm.service: env.config.port, **(services or {}).get(
+            namespace, {})} for namespace, env in environments.items()}
+        self.proxies = [ServiceProxy(port, lambda ns=namespace, svc=service: self.backend(ns, svc))
+                        for namespace, ports in self.services.items() for service, port in ports.items()]
         for proxy in self.proxies:
             threading.Thread(target=proxy.serve_forever, daemon=True).start()
         self.never_ready: set[str] = set()
@@ -118,21 +123,21 @@ class ProcessKubelet(threading.Thread):
         for driver in self.local.values():
             driver.stop()
 
-    def backend(self, namespace: str) -> int | None:
+    def backend(self, namespace: str, service: str) -> int | None:
         """The private port of the running Deployment whose pod labels the Service selects."""
-        selector = self.selectors.get(namespace) or {}
+        selector = self.selectors.get((namespace, service)) or {}
         for key, labels in self.labels.items():
             if key[0] == namespace and selector and selector.items() <= labels.items() and self.running.get(key):
                 return self.ports[key]
         return None
 
     def reconcile_namespace(self, namespace: str) -> None:
-        env = self.environments[namespace]
-        try:
-            self.selectors[namespace] = self.core.read_namespaced_service(
-                env.config.driver.helm.service, namespace).spec.selector or {}
-        except Exception:
-            self.selectors[namespace] = {}
+        for service in self.services[namespace]:
+            try:
+                self.selectors[(namespace, service)] = self.core.read_namespaced_service(
+                    service, namespace).spec.selector or {}
+            except Exception:
+                self.selectors[(namespace, service)] = {}
         for deployment in self.apps.list_namespaced_deployment(namespace).items:
             self.reconcile_deployment(namespace, deployment)
         self.reconcile_jobs(namespace)
@@ -184,8 +189,8 @@ class ProcessKubelet(threading.Thread):
             if job.status.conditions or job.status.start_time:
                 continue
             tag = job.spec.template.spec.containers[0].image.rsplit(":", 1)[-1]
-            self.jobs_seen.append({"name": job.metadata.name, "image": job.spec.template.spec.containers[0].image,
-                                   "at": time.time()})
+            self.jobs_seen.append({"namespace": namespace, "name": job.metadata.name,
+                                   "image": job.spec.template.spec.containers[0].image})
             self.batch.patch_namespaced_job_status(job.metadata.name, namespace,
                                                    {"status": {"startTime": now(), "active": 1}})
             succeeded = not self.fail_jobs

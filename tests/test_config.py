@@ -86,6 +86,30 @@ def test_errors_name_file_target_and_field(tmp_path, change, expected):
     assert expected in str(error.value)
 
 
+HELM_PRODUCTION = """
+        driver:
+          kind: helm
+          state_dir: /srv/mlflow/production
+          helm: {release: mlflow, namespace: ml, chart: /charts/mlflow, deployment: mlflow, service: mlflow-live,
+                 migration_job: mlflow-migrate, method: blue-green, release_urls: {mlflow: 'http://mlflow:5000'}}
+"""
+
+
+def test_helm_driver_settings_are_checked(tmp_path):
+    text = GOOD.replace("""
+        driver: {kind: process, state_dir: /srv/mlflow/production}""", HELM_PRODUCTION.rstrip())
+    with pytest.raises(ConfigError, match=r"driver\.helm\.release_urls: blue-green needs the URL of each release: "
+                                          r"mlflow, mlflow-green"):
+        load_targets(write(tmp_path, text))
+    fixed = text.replace("release_urls: {mlflow: 'http://mlflow:5000'}",
+                         "release_urls: {mlflow: 'http://a:5000', mlflow-green: 'http://b:5000'}")
+    helm = load_target("team_a", write(tmp_path, fixed)).environment("production").driver.helm
+    assert (helm.releases, helm.deployments) == (("mlflow", "mlflow-green"), ("mlflow", "mlflow-green"))
+    assert helm.migration_values == {"migration": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"driver\.helm\.release: 'Team_A'"):
+        load_targets(write(tmp_path, fixed.replace("release: mlflow,", "release: Team_A,")))
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="targets file not found"):
         load_targets(tmp_path / "nope.yaml")

@@ -18,6 +18,7 @@ from harness import (
     KUBE_CONN_ID,
     NEW,
     OLD,
+    crash_server_while,
     fingerprints,
     last_record,
     make_scenario,
@@ -27,6 +28,7 @@ from harness import (
     stop_all,
     task_states,
     write_targets,
+    xcom,
 )
 from kube import DEPLOYER
 from kubelet import ProcessKubelet
@@ -35,6 +37,7 @@ from services import connection_uri_for_airflow
 pytestmark = pytest.mark.integration
 ENVS = ("staging", "production")
 LEAST_PRIVILEGE_CONN_ID = "airlock_test_kube_least_privilege"
+LIVE_SERVICE = "mlflow-live"
 ROLE = Path(__file__).resolve().parents[1] / "include" / "airlock" / "kubernetes-role.yaml"
 
 
@@ -49,6 +52,14 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
                                                    ("helm_job_fails", 5142, 120, KUBE_CONN_ID),
                                                    ("helm_never_ready", 5144, 25, KUBE_CONN_ID),
                                                    ("helm_least_privilege", 5146, 120, LEAST_PRIVILEGE_CONN_ID))}
+    release_ports = {}
+    for name, port in (("helm_blue_green", 5148), ("helm_switch_back", 5154)):
+        release_ports[name] = {env: {"mlflow": port + 2 + i, "mlflow-green": port + 4 + i}
+                               for i, env in enumerate(ENVS)}
+        scenarios[name] = make_scenario(name, root, port, port + 1, driver="helm", helm_settings={
+            env: {"method": "blue-green", "service": LIVE_SERVICE,
+                  "release_urls": {release: f"http://127.0.0.1:{p}" for release, p in ports.items()}}
+            for env, ports in release_ports[name].items()})
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
     admin = config.new_client_from_config(config_file=str(kube_api.kubeconfig))
@@ -56,6 +67,11 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
     for scenario in scenarios.values():
         for env in ENVS:
             core.create_namespace({"metadata": {"name": scenario.namespace(env)}})
+            if scenario.name in release_ports:  # the Service clients use belongs to neither release
+                core.create_namespaced_service(scenario.namespace(env), {
+                    "metadata": {"name": LIVE_SERVICE},
+                    "spec": {"selector": {"app": "mlflow", "release": "mlflow"},
+                             "ports": [{"port": 5000, "targetPort": 5000, "protocol": "TCP"}]}})
     bind_airlock_role(rbac, [scenarios["helm_least_privilege"].namespace(env) for env in ENVS])
     deployer_kubeconfig = kube_api.kubeconfig_for(kube_api.deployer_token, root / "deployer-kubeconfig")
     with pytest.MonkeyPatch.context() as patch:
@@ -66,7 +82,9 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
             patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(
                 {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}))
         kubelet = ProcessKubelet(str(kube_api.kubeconfig), {
-            s.namespace(env): s.env(env) for s in scenarios.values() for env in ENVS})
+            s.namespace(env): s.env(env) for s in scenarios.values() for env in ENVS}, services={
+            scenarios[name].namespace(env): ports for name, by_env in release_ports.items()
+            for env, ports in by_env.items()})
         kubelet.start()
         yield scenarios, targets_file, kubelet, SdkHelm(str(kube_api.kubeconfig))
         kubelet.stop()
@@ -103,27 +121,34 @@ def image_tags(helm: SdkHelm, scenario, env: str) -> list[str]:
     return [helm.get_values(found, revision=entry["revision"])["image"]["tag"] for entry in helm.history(found)]
 
 
-def test_helm_upgrade_migrates_with_the_new_image_before_the_release_changes(world):
+def upgrade_succeeds(world, name: str):
+    """Install and seed the scenario's releases, run the upgrade, and check what every successful
+    upgrade must show: a green run, the new version served through the Service, the same data."""
     scenarios, targets_file, kubelet, helm = world
-    s = scenarios["helm_happy"]
+    s = scenarios[name]
     install_and_seed(s, helm)
     before = fingerprints(s)
 
-    run, gates = run_upgrade("airlock_upgrade__helm_happy", targets_file, {"target_version": NEW, "watch_seconds": 3})
+    run, gates = run_upgrade(f"airlock_upgrade__{name}", targets_file, {"target_version": NEW, "watch_seconds": 3})
 
-    states = task_states(run)
-    assert str(run.state) == "success", (states, kubelet.errors)
+    assert str(run.state) == "success", (task_states(run), kubelet.errors)
     assert gates.response["status"] == 200
     assert served(s, "staging") == served(s, "production") == NEW
     assert fingerprints(s) == before
+    return s, run
+
+
+def test_helm_upgrade_migrates_with_the_new_image_before_the_release_changes(world):
+    _, _, kubelet, helm = world
+    s, _ = upgrade_succeeds(world, "helm_happy")
     for env in ENVS:
         assert image_tags(helm, s, env) == [OLD, NEW]  # revision 2 is the upgrade
         namespace = s.namespace(env)
         events = [e for e in kubelet.events if e.startswith(namespace)]
         migrated = events.index(f"{namespace}/mlflow-migrate-{NEW.replace('.', '-')}: Complete")
         assert events.index(f"{namespace}/mlflow: running {NEW}") > migrated  # the Job ran first
-        assert [job["image"] for job in kubelet.jobs_seen if job["name"].startswith("mlflow-migrate")
-                and namespace in events[migrated]][-1].endswith(f":{NEW}")
+        assert [job["image"] for job in kubelet.jobs_seen if job["namespace"] == namespace] == \
+            [f"ghcr.io/mlflow/mlflow:{NEW}"]  # one migration Job, with the NEW image
     assert last_record(s)["outcome"] == "upgraded"
 
 
@@ -179,20 +204,52 @@ def test_rollout_that_never_becomes_ready_rolls_back_release_and_database(world)
 def test_the_whole_upgrade_runs_with_only_the_documented_role(world, kube_api):
     from kubernetes import client, config
 
-    scenarios, targets_file, kubelet, helm = world
-    s = scenarios["helm_least_privilege"]
-    install_and_seed(s, helm)
-    before = fingerprints(s)
     deployer = client.CoreV1Api(config.new_client_from_config(
-        config_file=str(kube_api.kubeconfig_for(kube_api.deployer_token, s.root / "check-kubeconfig"))))
+        config_file=str(kube_api.kubeconfig_for(kube_api.deployer_token, kube_api.root / "check-kubeconfig"))))
     with pytest.raises(client.exceptions.ApiException) as denied:  # the token really is restricted
         deployer.list_namespaced_secret("helm-happy-staging")
     assert denied.value.status == 403
 
-    run, _ = run_upgrade("airlock_upgrade__helm_least_privilege", targets_file,
-                         {"target_version": NEW, "watch_seconds": 3})
+    s, _ = upgrade_succeeds(world, "helm_least_privilege")  # its connection holds only that token
+    assert image_tags(world[3], s, "production") == [OLD, NEW]
 
-    assert str(run.state) == "success", (task_states(run), kubelet.errors)
-    assert served(s, "staging") == served(s, "production") == NEW
-    assert fingerprints(s) == before
-    assert image_tags(helm, s, "production") == [OLD, NEW]
+
+def live_release(scenario, env: str) -> str:
+    """The release whose pods the live Service selects."""
+    return scenario.env(env).driver.kube.selector(scenario.namespace(env), LIVE_SERVICE)["release"]
+
+
+def test_blue_green_switches_the_service_only_to_a_checked_green_and_keeps_blue(world):
+    helm = world[3]
+    s, run = upgrade_succeeds(world, "helm_blue_green")  # served through the live Service
+    for env in ENVS:
+        driver = s.env(env).driver
+        assert live_release(s, env) == "mlflow-green"
+        assert image_tags(helm, s, env) == [OLD]  # blue untouched, kept for a fast switch back
+        assert driver.kube.replicas(s.namespace(env), "mlflow") == 0
+        green = driver.release_at(1)
+        assert [helm.get_values(green, revision=e["revision"])["image"]["tag"] for e in helm.history(green)] == [NEW]
+    switched = xcom(run, "production_upgrade.switch")
+    assert (switched["from"], switched["to"]) == ("mlflow", "mlflow-green")
+
+
+def test_blue_green_switches_back_to_blue_and_its_data_when_green_fails(world):
+    scenarios, targets_file, kubelet, helm = world
+    s = scenarios["helm_switch_back"]
+    install_and_seed(s, helm)
+    before = fingerprints(s)
+    namespace = s.namespace("production")
+    crashed = crash_server_while("airlock_upgrade__helm_switch_back", "production_upgrade.watch",
+                                 lambda: kubelet.local[(namespace, "mlflow-green")].running_pid())
+    run, _ = run_upgrade("airlock_upgrade__helm_switch_back", targets_file,
+                         {"target_version": NEW, "watch_seconds": 60})
+
+    states = task_states(run)
+    assert crashed, "green was never crashed"
+    assert states["production_upgrade.switch"] == "success", states
+    assert states["conclude.rollback_production"] == "success", (states, kubelet.errors)
+    assert live_release(s, "production") == "mlflow"  # switched back
+    assert served(s, "production") == OLD
+    assert fingerprints(s)["production"] == before["production"]
+    assert s.env("production").driver.kube.replicas(namespace, "mlflow-green") == 0
+    assert last_record(s)["outcome"] == "rolled_back"

@@ -204,7 +204,8 @@ def test_crash_after_the_upgrade_restores_the_old_release_and_the_exact_data(wor
     before = fingerprints(s)
     production = s.env("production")
     production_tables = s.databases["production"].table_stats()
-    crashed = crash_server_while("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch", production)
+    crashed = crash_server_while("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch",
+                                 production.driver.running_pid)
     run, gate = run_upgrade("airlock_upgrade__crash_after_upgrade", targets_file,
                             {"target_version": NEW, "watch_seconds": 60}, answer="Approve")
 

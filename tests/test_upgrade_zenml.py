@@ -88,7 +88,8 @@ def test_zenml_crash_after_upgrade_brings_back_the_090_server_and_its_data(world
     before = fingerprints(s)
     production = s.env("production")
     tables = s.databases["production"].table_stats()
-    crashed = crash_server_while("airlock_upgrade__zenml_crash", "production_upgrade.watch", production)
+    crashed = crash_server_while("airlock_upgrade__zenml_crash", "production_upgrade.watch",
+                                 production.driver.running_pid)
 
     run, _ = run_upgrade("airlock_upgrade__zenml_crash", targets_file, {"target_version": NEW, "watch_seconds": 60})
 

@@ -224,6 +224,22 @@ class HelmConfig:
     kubernetes_conn_id: str = "kubernetes_default"
     backend: str = "auto"
     timeout_seconds: float = 300
+    method: str = "rolling"
+    """rolling: the release is upgraded in place. blue-green: the new version comes up as a second
+    release (`release` + `green_suffix`) and `service` (which belongs to neither release) switches
+    to it once it passes its checks; the old release stays, scaled to zero, for a fast switch back."""
+    green_suffix: str = "-green"
+    release_urls: dict = field(default_factory=dict)
+    """blue-green: each release's own URL (its chart Service), for the checks before the switch."""
+
+    @property
+    def releases(self) -> tuple[str, str]:
+        return self.release, f"{self.release}{self.green_suffix}"
+
+    @property
+    def deployments(self) -> tuple[str, str]:
+        """The charts name their Deployment after the release: the green one has the same suffix."""
+        return self.deployment, f"{self.deployment}{self.green_suffix}"
 
     @classmethod
     def read(cls, r: _Reader) -> HelmConfig:
@@ -243,7 +259,13 @@ class HelmConfig:
             migration_values=migration_values,
             kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID),
             backend=r.choice("backend", ["auto", "sdk", "cli"], default="auto"),
-            timeout_seconds=r.number("timeout_seconds", 300, minimum=1))
+            timeout_seconds=r.number("timeout_seconds", 300, minimum=1),
+            method=r.choice("method", ["rolling", "blue-green"], default="rolling"),
+            green_suffix=r.text("green_suffix", default="-green", pattern=re.compile(r"^-[a-z0-9-]{1,20}$")),
+            release_urls=r._get("release_urls", False, {}))
+        if config.method == "blue-green" and sorted(config.release_urls) != sorted(config.releases):
+            r.fail("release_urls", f"blue-green needs the URL of each release: {', '.join(config.releases)} "
+                                   f"(got {sorted(config.release_urls)})")
         r.done()
         return config
 

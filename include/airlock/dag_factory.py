@@ -168,9 +168,18 @@ def helm_wait(target: TargetConfig, name: str, what: str) -> list:
         job = f"{{{{ ti.xcom_pull(task_ids='{group}.migrate')['job'] }}}}"
         return [MigrationJobSensor(task_id="migration_job", job=job, timeout_minutes=helm.timeout_seconds / 60,
                                    **common)]
-    return [RolloutSensor(task_id="rollout", deployment=helm.deployment,
+    deployment = f"{{{{ ti.xcom_pull(task_ids='{group}.start')['deployment'] }}}}"
+    return [RolloutSensor(task_id="rollout", deployment=deployment,
                           version=f"{{{{ ti.xcom_pull(task_ids='preflight.plan')['{name}']['target'] }}}}",
                           timeout_minutes=driver.start_timeout_seconds / 60, **common)]
+
+
+def switch_steps(target: TargetConfig, name: str, env, plan) -> list:
+    """Blue-green Helm targets: point the Service at the new release once it passes its checks."""
+    helm = target.environment(name).driver.helm
+    if helm is None or helm.method != "blue-green":
+        return []
+    return [step_task("switch", lambda plan_: steps.switch(env(), plan_), plan)]
 
 
 def environment_steps(target: TargetConfig, name: str, plan) -> list:
@@ -194,6 +203,7 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         *helm_wait(target, name, "migration"),
         step_task("start", lambda: steps.start(env(), run_id())),
         *helm_wait(target, name, "rollout"),
+        *switch_steps(target, name, env, plan),
         step_task("health", lambda plan_: steps.check_health(env(), plan_), plan, retry=RETRY),
         step_task("smoke", lambda: steps.smoke(env()), retry=RETRY),
         step_task("fingerprint", lambda: steps.verify_fingerprint(env(), run_id()), retry=RETRY),

@@ -87,6 +87,20 @@ class Kube:
         self._call(f"scale deployment {namespace}/{name} to {replicas}", self.apps.patch_namespaced_deployment_scale,
                    name, namespace, {"spec": {"replicas": replicas}})
 
+    def pod_labels(self, namespace: str, name: str) -> dict | None:
+        """The labels of a Deployment's pods (what a Service selects), None when it does not exist."""
+        try:
+            found = self.apps.read_namespaced_deployment(name, namespace)
+        except self.errors as error:
+            if error.status == 404:
+                return None
+            raise KubeError(f"read deployment {namespace}/{name}: HTTP {error.status}") from None
+        return found.spec.template.metadata.labels or {}
+
+    def replicas(self, namespace: str, name: str) -> int:
+        return self._call(f"read deployment {namespace}/{name}", self.apps.read_namespaced_deployment,
+                          name, namespace).spec.replicas or 0
+
     def selector(self, namespace: str, service: str) -> dict:
         return self._call(f"read service {namespace}/{service}", self.core.read_namespaced_service,
                           service, namespace).spec.selector or {}

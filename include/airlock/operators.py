@@ -110,7 +110,7 @@ class RolloutSensor(PollSensor):
     """Wait until every replica of a Helm target's server Deployment runs the new version."""
 
     check = "airlock.drivers.helm:rollout_check"
-    template_fields = ("timeout_minutes", "version")
+    template_fields = ("timeout_minutes", "version", "deployment")
 
     def __init__(self, *, environment: str, conn_id: str, namespace: str, deployment: str, version: str, **kwargs):
         super().__init__(**kwargs)

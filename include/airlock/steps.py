@@ -286,6 +286,11 @@ def start(env: Environment, run_id: str) -> dict:
     return env.driver.launch(version) if env.driver.deferrable else env.driver.start(version)
 
 
+def switch(env: Environment, plan_: dict) -> dict:
+    """Blue-green: the Service moves to the new release only once it answers with the new version."""
+    return env.driver.switch(plan_[env.name]["target"])
+
+
 def check_health(env: Environment, plan_: dict) -> dict:
     """Healthy, and serving the version the plan promised."""
     result = health(env)

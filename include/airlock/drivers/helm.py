@@ -12,6 +12,7 @@ virtualenvs of the same platform version, like the process driver.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -99,32 +100,55 @@ class HelmDriver:
     def venv_path(self, version: str) -> Path:
         return self.local.venv_path(version)
 
+    # -- blue-green: which release serves, which one the upgrade goes to ------------------------
+    def live_index(self) -> int:
+        """0 (`release`) or 1 (the green release): the one whose pods the Service selects."""
+        if self.config.method != "blue-green":
+            return 0
+        selector = self.kube.selector(self.release.namespace, self.config.service)
+        green = self.kube.pod_labels(self.release.namespace, self.config.deployments[1])
+        return 1 if green and selector and selector.items() <= green.items() else 0
+
+    def target_index(self) -> int:
+        """Where the new version goes: the same release (rolling), or the idle one (blue-green)."""
+        live = self.live_index()
+        return 1 - live if self.config.method == "blue-green" else live
+
+    def release_at(self, index: int) -> HelmRelease:
+        return dataclasses.replace(self.release, name=self.config.releases[index])
+
     def deployed(self) -> dict:
-        status = self.helm.status(self.release)
-        values = self.helm.get_values(self.release)
+        live = self.release_at(self.live_index())
+        status = self.helm.status(live)
+        values = self.helm.get_values(live)
         return {**status, "image_tag": image_tag(values, self.release.image_tag_path)}
 
     def configuration(self) -> dict:
-        """Revision, values and manifest of the release, secrets left out (for the backup set)."""
-        deployed = self.deployed()
-        return {"driver": "helm", "url": self.env.url, "release": self.release.name,
-                "namespace": self.release.namespace, "chart": self.release.chart,
-                "chart_version": self.release.chart_version, **deployed,
-                "values": redact_values(self.helm.get_values(self.release)),
-                "manifest": manifest_without_secrets(self.helm.manifest(self.release)),
-                "database": self.database.describe()}
+        """Revision, values and manifest of the serving release, secrets left out (for the backup set)."""
+        live = self.release_at(self.live_index())
+        return {"driver": "helm", "method": self.config.method, "url": self.env.url, "release": live.name,
+                "namespace": live.namespace, "chart": live.chart, "chart_version": live.chart_version,
+                **self.deployed(), "values": redact_values(self.helm.get_values(live)),
+                "manifest": manifest_without_secrets(self.helm.manifest(live)), "database": self.database.describe()}
 
     def snapshot(self) -> dict:
-        """What a rollback needs to bring this deployment back: the release's current revision."""
+        """What a rollback needs to bring this deployment back: the serving release's revision and,
+        for blue-green, which release served, with how many replicas, under which selector."""
+        live = self.live_index()
         deployed = self.deployed()
-        return {"revision": deployed["revision"], "image_tag": deployed["image_tag"]}
+        state = {"revision": deployed["revision"], "image_tag": deployed["image_tag"], "method": self.config.method}
+        if self.config.method == "blue-green":
+            state.update(live=live, replicas=self.kube.replicas(self.release.namespace, self.config.deployments[live]),
+                         selector=self.kube.selector(self.release.namespace, self.config.service))
+        return state
 
     def stop(self) -> dict:
         """Scale the server Deployment to zero and wait until no replica is left, and stop any
         migration Job still running (a rollback restores the database next: nothing may write)."""
         started = time.monotonic()
-        self.kube.scale(self.release.namespace, self.config.deployment, 0)
-        self.wait_rollout(lambda rollout: rollout.available == 0 and rollout.ready == 0, "scaled to zero")
+        deployment = self.config.deployments[self.live_index()]
+        self.kube.scale(self.release.namespace, deployment, 0)
+        self.wait_rollout(deployment, lambda rollout: rollout.available == 0 and rollout.ready == 0, "scaled to zero")
         stopped_jobs = self.kube.unfinished_jobs(self.release.namespace, f"{self.config.migration_job}-")
         for name in stopped_jobs:
             self.kube.delete_job(self.release.namespace, name)
@@ -134,7 +158,7 @@ class HelmDriver:
                 raise DriverError(f"{self.env.name}: migration job(s) {stopped_jobs} still there after deletion; "
                                   "check them before restoring the database")
             time.sleep(1)
-        return {"stopped": True, "deployment": self.config.deployment, "migration_jobs_stopped": stopped_jobs,
+        return {"stopped": True, "deployment": deployment, "migration_jobs_stopped": stopped_jobs,
                 "seconds": round(time.monotonic() - started, 3)}
 
     def migrate(self, version: str, database: Database | None = None) -> dict:
@@ -171,52 +195,92 @@ class HelmDriver:
                           f"{self.config.migration_job} with {self.config.migration_values}")
 
     def start(self, version: str) -> dict:
-        """`helm upgrade` to the version's image tag (the target's values files and overrides), then
-        wait for the rollout and for the server to answer."""
-        return self.apply(version, lambda: self.upgrade_release(version), f"upgraded to {version}")
+        """`launch`, then wait for the rollout, switch (blue-green) and wait for the server to answer."""
+        started = time.monotonic()
+        launched = self.launch(version)
+        self.wait_rollout(launched["deployment"], rolled_out(version), f"rolled out with {version}")
+        switched = self.switch(version)
+        health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
+        return {**launched, "switch": switched, "seconds_to_healthy": round(time.monotonic() - started, 3),
+                "health_seconds": round(health, 3)}
 
     def launch(self, version: str) -> dict:
-        """`helm upgrade` and return at once: a deferrable sensor waits for the rollout."""
+        """`helm upgrade` (of the idle release, for blue-green: installed the first time) to the
+        version's image tag, with the target's values files and overrides; returns at once, a
+        deferrable sensor waits for the rollout of the returned Deployment."""
+        index = self.target_index()
+        release = self.release_at(index)
         try:
-            self.upgrade_release(version)
+            first = index == 1 and not self.has_history(release)
+            self.helm.upgrade(release, release_values(release, version), description=f"airlock: upgrade to {version}",
+                              install=first)
         except HelmError as error:
             raise DriverError(f"{self.env.name}: {error}") from None
-        return {"version": version, "action": f"upgraded to {version}", **self.helm.status(self.release),
-                "deferred": True}
+        return {"version": version, "action": f"{'installed' if first else 'upgraded'} {release.name} at {version}",
+                **self.helm.status(release), "deployment": self.config.deployments[index], "deferred": True}
 
-    def upgrade_release(self, version: str) -> None:
-        self.helm.upgrade(self.release, release_values(self.release, version),
-                          description=f"airlock: upgrade to {version}")
+    def has_history(self, release: HelmRelease) -> bool:
+        try:
+            return bool(self.helm.history(release))
+        except HelmError:
+            return False
+
+    def switch(self, version: str) -> dict:
+        """Blue-green: once the idle release serves `version` healthily on its own URL, point the
+        Service at it. Rolling: nothing to switch."""
+        if self.config.method != "blue-green":
+            return {"skipped": "rolling upgrade: nothing to switch"}
+        live, target = self.live_index(), self.target_index()
+        if live == target:
+            return {"skipped": "already switched"}
+        name = self.config.releases[target]
+        check = type(self.adapter)(self.config.release_urls[name])
+        check.wait_healthy(self.env.driver.start_timeout_seconds)
+        served = check.server_version()
+        if served != version:
+            raise DriverError(f"{self.env.name}: release {name} serves {served}, expected {version}; the Service "
+                              f"{self.config.service} still points at {self.config.releases[live]}")
+        labels = self.kube.pod_labels(self.release.namespace, self.config.deployments[target]) or {}
+        selector = {key: labels[key] for key in self.kube.selector(self.release.namespace, self.config.service)
+                    if key in labels}
+        self.kube.set_selector(self.release.namespace, self.config.service, selector)
+        return {"from": self.config.releases[live], "to": name, "selector": selector,
+                "kept_for_switch_back": f"{self.config.releases[live]} (scaled to zero)"}
 
     def restore(self, version: str, state: dict) -> dict:
-        """Bring back the revision recorded before the upgrade (`snapshot`), with its replicas."""
-        revision = state.get("revision")
-        if not revision:
-            return self.start(version)
-        return self.apply(version, lambda: self.helm.rollback(self.release, int(revision)),
-                          f"rolled back to revision {revision}")
-
-    def apply(self, version: str, change, action: str) -> dict:
+        """Bring back what served before the upgrade (`snapshot`): blue-green switches the Service
+        back to the old release and scales it up again; rolling rolls back to the recorded revision."""
         started = time.monotonic()
-        try:
-            change()
-        except HelmError as error:
-            raise DriverError(f"{self.env.name}: {error}") from None
-        self.wait_rollout(lambda rollout: rollout.done and rollout.replicas > 0 and
-                          rollout.image.endswith(f":{version}"), f"rolled out with {version}")
+        namespace = self.release.namespace
+        if state.get("method") == "blue-green":
+            old, other = self.config.deployments[state["live"]], self.config.deployments[1 - state["live"]]
+            if self.kube.pod_labels(namespace, other) is not None:
+                self.kube.scale(namespace, other, 0)
+            self.kube.scale(namespace, old, int(state["replicas"]))
+            self.kube.set_selector(namespace, self.config.service, state["selector"])
+            action, deployment = f"switched back to {self.config.releases[state['live']]}", old
+        elif state.get("revision"):
+            try:
+                self.helm.rollback(self.release, int(state["revision"]))
+            except HelmError as error:
+                raise DriverError(f"{self.env.name}: {error}") from None
+            action, deployment = f"rolled back to revision {state['revision']}", self.config.deployment
+        else:
+            return self.start(version)
+        self.wait_rollout(deployment, rolled_out(version), f"rolled out with {version}")
         health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
-        return {"version": version, "action": action, **self.helm.status(self.release),
-                "seconds_to_healthy": round(time.monotonic() - started, 3), "health_seconds": round(health, 3)}
+        return {"version": version, "action": action, "seconds_to_healthy": round(time.monotonic() - started, 3),
+                "health_seconds": round(health, 3)}
 
-    def wait_rollout(self, reached, what: str) -> None:
+    def wait_rollout(self, deployment: str, reached, what: str) -> None:
         deadline = time.monotonic() + self.env.driver.start_timeout_seconds
         rollout = None
         while time.monotonic() < deadline:
-            rollout = self.kube.rollout(self.release.namespace, self.config.deployment)
+            rollout = self.kube.rollout(self.release.namespace, deployment)
             if reached(rollout):
                 return
             time.sleep(1)
-        raise DriverError(f"{self.env.name}: deployment {self.release.namespace}/{self.config.deployment} not "
+        raise DriverError(f"{self.env.name}: deployment {self.release.namespace}/{deployment} not "
                           f"{what} after {self.env.driver.start_timeout_seconds:.0f} s: "
                           f"{rollout.describe() if rollout else 'not found'}")
 
@@ -243,8 +307,12 @@ def finished_job(environment: str, check: dict) -> dict:
     return {"job": check["job"], "image": check["image"], "output_tail": check["logs"][-1000:]}
 
 
+def rolled_out(version: str):
+    """Every replica of the Deployment runs `version` and is available."""
+    return lambda rollout: rollout.done and rollout.replicas > 0 and rollout.image.endswith(f":{version}")
+
+
 def rollout_check(conn_id: str, namespace: str, deployment: str, version: str) -> dict:
     """Done when every replica of the Deployment runs `version` and is available."""
     rollout = Kube(kubeconfig_for(conn_id)).rollout(namespace, deployment)
-    done = rollout.done and rollout.replicas > 0 and rollout.image.endswith(f":{version}")
-    return {"done": done, "rollout": rollout.describe()}
+    return {"done": rolled_out(version)(rollout), "rollout": rollout.describe()}
