@@ -134,7 +134,7 @@ def start_and_seed(scenario: Scenario) -> None:
         env = scenario.env(env_name)
         if scenario.platform.name == "sematic":  # its server does not create its schema
             (scenario.root / env_name).mkdir(parents=True, exist_ok=True)
-            env.driver.migrate(scenario.platform.old)
+            env.driver.launch_migration(scenario.platform.old)
         env.driver.start(scenario.platform.old)
         seed(scenario, env_name)
 

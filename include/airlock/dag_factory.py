@@ -344,15 +344,13 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                                                   results)
                 table = upgrade_log.append(target.log_dir, record)
                 print(table.read_text())
-                if record["outcome"] not in GOOD_OUTCOMES:
-                    raise AirflowFailException(f"upgrade of {target.name} {record['outcome'].upper()}: "
-                                               f"{record['detail']} (upgrade log: {table})")
                 still_paused = {name: PausedRecord(target.name, name).read() for name in ("staging", "production")
                                 if target.environment(name).pause_dags}
-                if any(still_paused.values()):
-                    raise AirflowFailException(f"upgrade of {target.name} {record['outcome']}, but DAGs that Airlock "
-                                               f"paused are STILL PAUSED: {still_paused}; clear the unpause_dags "
-                                               "task(s) or unpause them in the UI")
+                paused_note = (f"; DAGs that Airlock paused are STILL PAUSED: {still_paused}: clear the "
+                               "unpause_dags task(s) or unpause them in the UI") if any(still_paused.values()) else ""
+                if record["outcome"] not in GOOD_OUTCOMES or paused_note:
+                    raise AirflowFailException(f"upgrade of {target.name} {record['outcome'].upper()}: "
+                                               f"{record['detail']}{paused_note} (upgrade log: {table})")
                 return record
 
             finished = step_task("finish", lambda: steps.finish(production_env(), run_id()))

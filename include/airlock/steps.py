@@ -268,9 +268,7 @@ def migrate(env: Environment, run_id: str) -> dict:
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)
     version = marker["to_version"]
-    # a Kubernetes Job is only launched here; a deferrable sensor waits for it
-    result = env.driver.launch_migration(version) if env.driver.deferrable else env.driver.migrate(version)
-    return {"to_version": version, **result}
+    return {"to_version": version, **env.driver.launch_migration(version)}
 
 
 def start(env: Environment, run_id: str) -> dict:
@@ -282,8 +280,7 @@ def start(env: Environment, run_id: str) -> dict:
         # ZenML and MLflow 3 migrate an old schema by themselves when the new version starts.
         raise UpgradeError(f"refusing to start {env.adapter.name} {marker['to_version']} on {env.name}: no verified "
                            "backup taken after the server stopped (a new version may migrate the database at start)")
-    version = marker["to_version"]
-    return env.driver.launch(version) if env.driver.deferrable else env.driver.start(version)
+    return env.driver.launch(marker["to_version"])
 
 
 def switch(env: Environment, plan_: dict) -> dict:

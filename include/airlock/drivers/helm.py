@@ -62,8 +62,6 @@ def image_tag(values: dict, path: str) -> str | None:
 class HelmDriver:
     """The same interface as ProcessDriver, for a server deployed by a Helm chart."""
 
-    deferrable = True
-    """In the DAG, the migration Job and the rollout are waited for by deferrable sensors."""
 
     def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database,
                  helm: HelmClient | None = None, kube: Kube | None = None):
@@ -143,12 +141,19 @@ class HelmDriver:
         return state
 
     def stop(self) -> dict:
-        """Scale the server Deployment to zero and wait until no replica is left, and stop any
-        migration Job still running (a rollback restores the database next: nothing may write)."""
+        """Scale the server Deployment to zero (blue-green: both releases' Deployments, since a green
+        that came up but was never switched to still writes) and wait until no replica is left, and
+        stop any migration Job still running (a rollback restores the database next: nothing may write)."""
         started = time.monotonic()
-        deployment = self.config.deployments[self.live_index()]
-        self.kube.scale(self.release.namespace, deployment, 0)
-        self.wait_rollout(deployment, lambda rollout: rollout.available == 0 and rollout.ready == 0, "scaled to zero")
+        namespace = self.release.namespace
+        deployments = [name for name in dict.fromkeys(self.config.deployments)
+                       if self.config.method == "blue-green" and self.kube.pod_labels(namespace, name) is not None
+                       ] or [self.config.deployment]
+        for deployment in deployments:
+            self.kube.scale(namespace, deployment, 0)
+        for deployment in deployments:
+            self.wait_rollout(deployment, lambda rollout: rollout.available == 0 and rollout.ready == 0,
+                              "scaled to zero")
         stopped_jobs = self.kube.unfinished_jobs(self.release.namespace, f"{self.config.migration_job}-")
         for name in stopped_jobs:
             self.kube.delete_job(self.release.namespace, name)
@@ -158,22 +163,13 @@ class HelmDriver:
                 raise DriverError(f"{self.env.name}: migration job(s) {stopped_jobs} still there after deletion; "
                                   "check them before restoring the database")
             time.sleep(1)
-        return {"stopped": True, "deployment": deployment, "migration_jobs_stopped": stopped_jobs,
+        return {"stopped": True, "deployments": deployments, "migration_jobs_stopped": stopped_jobs,
                 "seconds": round(time.monotonic() - started, 3)}
 
-    def migrate(self, version: str, database: Database | None = None) -> dict:
-        """On a scratch copy: locally. On the environment's database: the chart's migration Job with
-        the NEW image, waited for; its logs go into the task log; a failure raises before the
-        release changes."""
-        if database is not None:
-            return self.local.migrate(version, database)
-        started = time.monotonic()
-        launched = self.launch_migration(version)
-        deadline = time.monotonic() + self.release.timeout_seconds
-        while (check := job_check(self.config.kubernetes_conn_id, self.release.namespace, launched["job"],
-                                  kube=self.kube))["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(1)
-        return {**finished_job(self.env.name, check), "seconds": round(time.monotonic() - started, 3)}
+    def migrate(self, version: str, database: Database) -> dict:
+        """A rehearsal on a scratch copy, in a local virtualenv of the version. (The environment's
+        own database is migrated by the chart's Job: `launch_migration` and the DAG's sensor.)"""
+        return self.local.migrate(version, database)
 
     def launch_migration(self, version: str) -> dict:
         """Create the migration Job (idempotent) and return at once: a deferrable sensor waits for it."""
@@ -286,9 +282,9 @@ class HelmDriver:
 
 
 
-def job_check(conn_id: str, namespace: str, name: str, kube: Kube | None = None) -> dict:
+def job_check(conn_id: str, namespace: str, name: str) -> dict:
     """Done when the migration Job finished (either way); with its logs for the task log."""
-    kube = kube or Kube(kubeconfig_for(conn_id))
+    kube = Kube(kubeconfig_for(conn_id))
     state = kube.job_state(namespace, name)
     if state == "running":
         return {"done": False, "state": state, "job": name}

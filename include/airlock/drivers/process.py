@@ -95,8 +95,6 @@ def run_or_fail(argv: list[str], what: str) -> None:
 class ProcessDriver:
     """Deploys one environment's server as a local process."""
 
-    deferrable = False
-    """A local migration and start are short and watched by the task itself."""
 
     def __init__(self, env: EnvironmentConfig, adapter: PlatformAdapter, database: Database):
         self.env, self.adapter, self.database = env, adapter, database
@@ -178,9 +176,11 @@ class ProcessDriver:
         return {**record, "seconds_to_healthy": round(seconds, 3)}
 
     def launch_migration(self, version: str) -> dict:
+        """A local migration is short: it runs (and is waited for) inside the task."""
         return self.migrate(version)
 
     def launch(self, version: str) -> dict:
+        """A local start is short: it runs (and waits until healthy) inside the task."""
         return self.start(version)
 
     def snapshot(self) -> dict:
