@@ -58,7 +58,8 @@ def test_environment_variables_are_expanded(tmp_path, monkeypatch):
     (("timeout_minutes: 5", "timeout_minutes: soon"), "target 'team_a': drain.timeout_minutes: must be a number"),
     (("timeout_minutes: 5", "timout_minutes: 5"), "target 'team_a': drain.timout_minutes: unknown setting"),
     (("url: http://127.0.0.1:5002", "url: http://127.0.0.1:5001"),
-     "target 'team_a': environments.*.url: staging and production must not share it"),
+     "target team_a: environments.production.url: reaches the same server as target team_a's "
+     "environments.staging.url"),
     (("url: http://127.0.0.1:5002", "url: http://admin:pw@127.0.0.1:5002"),
      "environments.production.url: must not contain credentials"),
     (("conn_id: mlflow_prod_db, ", ""), "environments.production.database.conn_id: is required"),
@@ -124,3 +125,54 @@ def test_unknown_target_lists_known_ones(tmp_path):
 
 def test_embedded_default_file_is_valid():
     assert "mlflow_demo" in load_targets()
+
+
+SECOND = """
+  team_b:
+    platform: mlflow
+    backup: {location: /var/backups/airlock}
+    environments:
+      staging:
+        url: http://mlflow-b-staging:5000
+        driver: {kind: process, state_dir: /srv/b/staging}
+        database: {kind: sqlite, path: /srv/b/staging/mlflow.db}
+      production:
+        url: http://mlflow-b:5000
+        driver: {kind: process, state_dir: /srv/b/production}
+        database: {kind: mysql, conn_id: b_db, database: mlflow_b}
+"""
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("url: http://mlflow-b:5000", "url: http://localhost:5002/"),
+     "target team_b: environments.production.url: reaches the same server as target team_a's "
+     "environments.production.url"),
+    (("conn_id: b_db, database: mlflow_b", "conn_id: mlflow_prod_db, database: mlflow"),
+     "target team_b: environments.production.database: reaches the same database as target team_a's "
+     "environments.production.database"),
+    (("path: /srv/b/staging/mlflow.db", "path: /srv/mlflow/staging/../staging/mlflow.db"),
+     "target team_b: environments.staging.database.path: reaches the same sqlite as target team_a's "
+     "environments.staging.database.path"),
+    (("state_dir: /srv/b/production}", "state_dir: /srv/mlflow/production/}"),
+     "target team_b: environments.production.driver.state_dir: reaches the same state dir as target team_a's "
+     "environments.production.driver.state_dir"),
+])
+def test_two_targets_reaching_the_same_place_are_refused(tmp_path, change, expected):
+    """Two upgrades must never both stop, migrate or restore one server, database or state."""
+    text = GOOD + SECOND.replace(*change)
+    with pytest.raises(ConfigError) as error:
+        load_targets(write(tmp_path, text))
+    assert expected in str(error.value)
+
+
+def test_two_targets_on_one_helm_release_are_refused(tmp_path):
+    helm = ("driver: {kind: helm, state_dir: STATE, helm: {release: mlflow, namespace: ml, chart: /c, "
+            "deployment: mlflow, service: mlflow, migration_job: mlflow-migrate}}")
+    text = (GOOD + SECOND).replace("driver: {kind: process, state_dir: /srv/mlflow/production}",
+                                   helm.replace("STATE", "/srv/a")).replace(
+        "driver: {kind: process, state_dir: /srv/b/production}", helm.replace("STATE", "/srv/b"))
+    with pytest.raises(ConfigError) as error:
+        load_targets(write(tmp_path, text))
+    assert "target team_b: environments.production.driver.helm.release: reaches the same helm as target team_a's" \
+        in str(error.value)
+    assert load_targets(write(tmp_path, GOOD + SECOND))["team_b"].name == "team_b"

@@ -138,7 +138,7 @@ def test_retention_keeps_the_newest_the_young_and_what_a_pending_rollback_needs(
     assert sorted(result["deleted"]) == ["b-40-days", "b-60-days"]
     assert sorted(store.backups()) == ["b-2-days", "b-90-days", "b-today"]
     assert result["protected"] == ["b-90-days"]
-    store.clear_in_progress()
+    store.clear_in_progress("r0")
     assert apply_retention(store, keep_last=1, keep_days=30, now=now)["deleted"] == ["b-90-days"]
 
 

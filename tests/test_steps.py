@@ -72,3 +72,21 @@ def test_final_backup_is_never_retaken_once_the_migration_has_started(demo):
     with pytest.raises(UpgradeError, match="refusing to back up staging again: its migration has started"):
         final_backup(env, "r1")
     assert env.store.backups() == []  # nothing was dumped from the migrated database
+
+
+def test_validate_refuses_two_connections_that_reach_one_database(tmp_path, monkeypatch):
+    """Two conn_ids (one spelling the host localhost, one 127.0.0.1) name the same database: the file
+    loads (connections are not read at parse time) but the run stops before anything is touched."""
+    from test_config import GOOD, SECOND, write
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_PROD_DB", "mysql://u:p@localhost/")
+    monkeypatch.setenv("AIRFLOW_CONN_B_DB", "mysql://u:p@127.0.0.1:3306/")
+    path = write(tmp_path, GOOD + SECOND.replace("database: mlflow_b", "database: mlflow"))
+    targets = load_targets(path)
+    target = targets["team_b"]
+    with pytest.raises(UpgradeError) as error:
+        validate(target, [], {"target_version": "3.17.2"}, "r1", list(targets.values()))
+    assert ("team_b.production and team_a.production both reach mlflow on loopback:3306" in str(error.value)
+            and "Nothing was touched" in str(error.value))
+    monkeypatch.setenv("AIRFLOW_CONN_B_DB", "mysql://u:p@127.0.0.1:3307/")
+    assert validate(target, [], {"target_version": "3.17.2"}, "r1", list(targets.values()))["target"] == "team_b"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,7 +468,6 @@ class TargetConfig:
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
                      compatibility, environments, r.source)
-        target.check_environments_are_distinct(r)
         target.check_database_kinds(r)
         return target
 
@@ -478,17 +478,46 @@ class TargetConfig:
                 r.fail(f"environments.{name}.database.kind", f"{self.platform} servers do not run on "
                                                             f"{env.database.kind} (supported: {', '.join(supported)})")
 
-    def check_environments_are_distinct(self, r: _Reader) -> None:
-        """Staging and production sharing a URL, database or state would make staging touch production."""
-        staging, production = self.environments["staging"], self.environments["production"]
-        pairs = {
-            "url": (staging.url, production.url),
-            "driver.state_dir": (staging.driver.state_dir, production.driver.state_dir),
-            "database": (staging.database, production.database),
-        }
-        for key, (a, b) in pairs.items():
-            if a == b:
-                r.fail(f"environments.*.{key}", "staging and production must not share it")
+    def places(self) -> Iterator[tuple[str, str, tuple]]:
+        """(environment, field, identity) of everything an environment must not share with another:
+        its server, its database, its state directory and its Helm releases."""
+        for name, env in self.environments.items():
+            yield name, "url", ("server", loopback_or(env.host), env.port)
+            database = env.database
+            if database.kind == "sqlite":
+                yield name, "database.path", ("sqlite", os.path.normpath(database.path or ""))
+            else:
+                yield name, "database", ("database", database.conn_id, database.database)
+            yield name, "driver.state_dir", ("state_dir", os.path.normpath(env.driver.state_dir))
+            helm = env.driver.helm
+            for release in (helm.releases if helm else ()):
+                yield name, "driver.helm.release", ("helm", helm.namespace, release)
+
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0", "::"}
+
+
+def loopback_or(host: str) -> str:
+    """One spelling for the local machine (localhost, 127.0.0.1, 127.1.2.3, ::1), so two spellings of
+    one server are seen as one."""
+    host = host.lower().rstrip(".")
+    return "loopback" if host in LOOPBACK_NAMES or host.startswith("127.") else host
+
+
+def check_targets_are_distinct(source: str, targets: dict[str, TargetConfig]) -> None:
+    """Two environments (of one target or of two) sharing a server, database, state directory or Helm
+    release would let one upgrade stop, migrate or restore what another one is using."""
+    seen: dict[tuple, tuple[str, str, str]] = {}
+    for target in targets.values():
+        for env, key, identity in target.places():
+            here = (target.name, env, key)
+            if identity in seen:
+                other_target, other_env, other_key = seen[identity]
+                raise ConfigError(
+                    f"{source}: target {target.name}: environments.{env}.{key}: reaches the same "
+                    f"{identity[0].replace('_', ' ')} as target {other_target}'s environments.{other_env}.{other_key}; "
+                    "each environment must have its own")
+            seen[identity] = here
 
 
 def targets_file() -> Path:
@@ -516,6 +545,7 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
         if not isinstance(name, str) or not TARGET_NAME.match(name):
             entries.fail(str(name), f"target names must match {TARGET_NAME.pattern}")
         targets[name] = TargetConfig.read(name, _Reader(entries.data[name], "", source, name))
+    check_targets_are_distinct(source, targets)
     return targets
 
 

@@ -236,7 +236,8 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
 
         with TaskGroup("preflight"):
             validated = step_task("validate", lambda: steps.validate(
-                target, [staging_env(), production_env()], get_current_context()["params"], run_id()))
+                target, [staging_env(), production_env()], get_current_context()["params"], run_id(),
+                list(load_targets(target.source or None).values())))
             planned = step_task("plan", lambda checked: steps.plan(
                 target, staging_env(), production_env(), checked["requested"]), validated, retry=RETRY)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig
+from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig, loopback_or
 from airlock.databases.base import Database
 from airlock.drivers import Driver
 from airlock.platforms.base import PlatformAdapter
@@ -25,6 +26,34 @@ def airflow_database(config: DatabaseConfig) -> Database:
     database_class = load_class(DATABASE_KINDS, config.kind)
     return database_class.from_fields(host, port or database_class.default_port, user, password,
                                       config.database or "")
+
+
+def database_identity(config: DatabaseConfig) -> tuple | None:
+    """Which server database a config reaches once its connection is resolved (two conn_ids, or two
+    spellings of one host, can name the same database); None for SQLite (its path is checked on load)."""
+    if config.kind == "sqlite":
+        return None
+    from airlock.airflow_connections import connection_fields
+
+    host, port, _, _ = connection_fields(config.conn_id or "")
+    return config.kind, loopback_or(host), port or load_class(DATABASE_KINDS, config.kind).default_port, \
+        config.database
+
+
+def shared_databases(target: TargetConfig, others: list[TargetConfig]) -> list[str]:
+    """This target's environments whose database another environment (of it or of `others`) also
+    reaches; another target whose connection cannot be resolved here is not compared."""
+    mine = {(target.name, name): database_identity(env.database) for name, env in target.environments.items()}
+    theirs = dict(mine)
+    for other in others:
+        for name, env in other.environments.items():
+            with contextlib.suppress(Exception):  # e.g. a connection that only its own workers have
+                theirs[(other.name, name)] = database_identity(env.database)
+    return [f"{target.name}.{name} and {other_target}.{other_env} both reach {identity[3]} on "
+            f"{identity[1]}:{identity[2]}"
+            for (_, name), identity in mine.items() if identity
+            for (other_target, other_env), other in theirs.items()
+            if other == identity and (other_target, other_env) != (target.name, name)]
 
 
 def open_database(config: DatabaseConfig, resolve: DatabaseResolver = airflow_database) -> Database:

@@ -26,7 +26,7 @@ from airlock.backups import (
 from airlock.clients import FAILING, judge_file
 from airlock.config import TargetConfig
 from airlock.drivers.process import DriverError
-from airlock.environment import Environment
+from airlock.environment import Environment, shared_databases
 from airlock.platforms.base import PlatformAdapter
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
 from airlock.stores.base import VERIFICATION, BackupStore
@@ -52,9 +52,16 @@ def run_marker(store: BackupStore, run_id: str) -> dict | None:
 
 
 # -- preflight ----------------------------------------------------------------------------------
-def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id: str) -> dict:
-    """Check the trigger's params and that no other upgrade left an environment half-done."""
+def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id: str,
+             others: list[TargetConfig] = ()) -> dict:
+    """Check the trigger's params, that no environment shares its database with another one, and
+    that no other upgrade left an environment half-done."""
     requested = check_requested(params.get("target_version"))
+    shared = shared_databases(target, [other for other in others if other.name != target.name])
+    if shared:
+        raise UpgradeError("refusing to upgrade: two environments reach the same database, so one upgrade would "
+                           "stop, migrate or restore what the other uses: " + "; ".join(shared) +
+                           ". Nothing was touched. Give each environment its own database in the targets file.")
     for env in envs:
         marker = env.store.in_progress()
         if marker and marker.get("run_id") != run_id:
@@ -89,9 +96,9 @@ def health(env: Environment) -> dict:
     return {"environment": env.name, "url": env.config.url, "version": env.adapter.server_version()}
 
 
-def backup(env: Environment, purpose: str, run_id: str, version: str) -> dict:
+def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id: str | None = None) -> dict:
     """A verified backup set (taken once per run and purpose; a retry reuses a verified one)."""
-    backup_id = backup_id_for(env.name, purpose, run_id)
+    backup_id = backup_id or backup_id_for(env.name, purpose, run_id)
     if not is_verified(env.store, backup_id):
         meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
                 "platform": env.target.platform, "platform_version": version}
@@ -208,7 +215,7 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
         marker = {"run_id": run_id, "environment": env.name, "from_version": env_plan["current"],
                   "to_version": env_plan["target"], "fingerprint": fingerprint.to_dict(),
                   "prepare_backup_id": prepare_id, "migration_started": False,
-                  "deployment": env.driver.snapshot()}
+                  "attempt": next_attempt(env.store, env.name, run_id), "deployment": env.driver.snapshot()}
     marker["last_answered_at"] = now_iso() if env.adapter.is_healthy() else marker.get("last_answered_at")
     env.store.mark_in_progress(marker)
     stopped = env.driver.stop()
@@ -218,18 +225,32 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
             "last_answered_at": marker["last_answered_at"]}
 
 
+def final_backup_id(environment: str, run_id: str, attempt: int) -> str:
+    """One final backup per stop of the server: a re-run after a rollback never reuses the set taken
+    before that rollback (it would lose everything written since)."""
+    return f"{backup_id_for(environment, FINAL, run_id)}--a{attempt}"
+
+
+def next_attempt(store: BackupStore, environment: str, run_id: str) -> int:
+    """1 + the attempts of this run that already took (or began) a final backup of the environment."""
+    prefix = backup_id_for(environment, FINAL, run_id) + "--a"
+    taken = [int(backup_id.removeprefix(prefix)) for backup_id in store.backup_ids()
+             if backup_id.startswith(prefix) and backup_id.removeprefix(prefix).isdigit()]
+    return max(taken, default=0) + 1
+
+
 def final_backup(env: Environment, run_id: str) -> dict:
     """The backup a rollback restores: taken with the server stopped, so no write is lost."""
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
-    final_id = backup_id_for(env.name, FINAL, run_id)
+    final_id = final_backup_id(env.name, run_id, marker.get("attempt", 1))
     if marker.get("migration_started") and not is_verified(env.store, final_id):
         # A dump taken now would hold the migrated schema and a rollback would "restore" it.
         raise UpgradeError(f"refusing to back up {env.name} again: its migration has started and the backup "
                            f"{final_id} taken before it is not verified; roll back from "
                            f"{marker['prepare_backup_id']} by hand")
-    result = backup(env, FINAL, run_id, marker["from_version"])
+    result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id)
     marker["final_backup_id"] = result["backup_id"]
     env.store.mark_in_progress(marker)
     return result
@@ -358,7 +379,7 @@ def finish(env: Environment, run_id: str) -> dict:
     """The upgrade of this environment is done: drop the marker so the next run may start."""
     marker = marker_of_run(env, run_id)
     if marker:
-        env.store.clear_in_progress()
+        env.store.clear_in_progress(run_id)
     return {"environment": env.name, "finished": marker is not None,
             "final_backup_id": marker.get("final_backup_id") if marker else None}
 
@@ -395,6 +416,6 @@ def rollback(env: Environment, run_id: str) -> dict:
             f"{env.name}: after rollback the server runs {served} with fingerprint {after['digest'][:12]}, "
             f"expected {marker['from_version']} and {marker['fingerprint']['digest'][:12]}; marker kept at "
             f"{env.store.marker_path()}")
-    env.store.clear_in_progress()
+    env.store.clear_in_progress(run_id)
     return {"rolled_back": True, "version": served, "restored": restored, "fingerprint_equal": True,
             "healthy_at": now_iso(), "seconds": round(time.monotonic() - started, 3)}

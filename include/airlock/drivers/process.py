@@ -25,6 +25,7 @@ from airlock.platforms.base import Command, PlatformAdapter
 
 VENV_ROOT_ENV = "AIRLOCK_VENV_ROOT"
 READY_MARKER = ".airlock-ready"
+KILL_WAIT_SECONDS = 30
 
 
 class DriverError(RuntimeError):
@@ -56,6 +57,17 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def process_identity(pid: int) -> dict | None:
+    """What tells a process apart from a later one given the same pid: its start time (clock ticks
+    since boot) and boot id. (Not its command line: a server may exec another program in place.)"""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+    return {"start_ticks": start_ticks, "boot_id": boot_id}
 
 
 def port_open(host: str, port: int) -> bool:
@@ -132,10 +144,21 @@ class ProcessDriver:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def running_pid(self) -> int | None:
+        """The server's pid, only if that process is the one Airlock started: a pid file left by a
+        crash may name a pid the system has since given to something else."""
         if not self.pid_file.is_file():
             return None
-        pid = int(self.pid_file.read_text().strip() or 0)
-        return pid if pid and process_alive(pid) else None
+        try:
+            recorded = json.loads(self.pid_file.read_text())
+            pid = int(recorded["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None  # not a pid file of this version of Airlock: nothing it can prove it started
+        if not process_alive(pid) or process_identity(pid) != recorded.get("identity"):
+            return None
+        return pid
+
+    def write_pid_file(self, pid: int) -> None:
+        self.pid_file.write_text(json.dumps({"pid": pid, "identity": process_identity(pid)}))
 
     def start(self, version: str) -> dict:
         """Start the server of `version` and wait until it is healthy. Idempotent."""
@@ -161,7 +184,7 @@ class ProcessDriver:
                 command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.state_dir, env={**os.environ, **command.env, **command.secret_env},
                 start_new_session=True)
-        self.pid_file.write_text(str(process.pid))
+        self.write_pid_file(process.pid)
         record = {"version": version, "venv": str(venv), "pid": process.pid,
                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "log_file": str(self.log_file), **command.describe()}
@@ -208,8 +231,13 @@ class ProcessDriver:
         killed = process_alive(pid)
         if killed:
             self._signal(pid, signal.SIGKILL)
-            while process_alive(pid):
+            kill_deadline = time.monotonic() + KILL_WAIT_SECONDS
+            while process_alive(pid) and time.monotonic() < kill_deadline:
                 time.sleep(0.1)
+            if process_alive(pid):
+                raise DriverError(f"{self.env.name}: the server (pid {pid}) survived SIGKILL for "
+                                  f"{KILL_WAIT_SECONDS} s (stuck in the kernel, e.g. on a hung disk); "
+                                  "check the host before retrying this task")
         while port_open(self.env.host, self.env.port) and time.monotonic() < deadline + 10:
             time.sleep(0.2)  # worker processes of the group release the port last
         self.pid_file.unlink(missing_ok=True)

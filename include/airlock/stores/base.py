@@ -25,6 +25,18 @@ def digest_of_bytes(data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+class MarkerTaken(RuntimeError):
+    """Another run's in-progress marker is in the way: two runs must never both pass `freeze`."""
+
+    def __init__(self, location: str, marker: dict | None):
+        self.marker = marker or {}
+        super().__init__(
+            f"the environment's in-progress marker {location} belongs to run {self.marker.get('run_id')!r} "
+            f"({self.marker.get('from_version')} → {self.marker.get('to_version')}): another upgrade holds this "
+            "environment. Nothing was stopped by this run. Let that run finish or roll back (clear its rollback "
+            "task), then clear this task.")
+
+
 class BackupStore(ABC):
     """Backup sets keyed by id under <target>/<environment>; a set is complete once its manifest exists."""
 
@@ -67,6 +79,10 @@ class BackupStore(ABC):
     def marker_location(self) -> str: ...
 
     @abstractmethod
+    def create_marker(self, record: dict) -> bool:
+        """Write the marker only if there is none (atomically); False when one is already there."""
+
+    @abstractmethod
     def write_marker(self, record: dict) -> None: ...
 
     @abstractmethod
@@ -81,10 +97,22 @@ class BackupStore(ABC):
         return [backup_id for backup_id in self.backup_ids() if self.read_json(backup_id, MANIFEST)]
 
     def mark_in_progress(self, record: dict) -> None:
+        """Take the marker for `record`'s run (exclusively), or update it while it is still that run's.
+        Raises MarkerTaken when another run holds it."""
+        current = self.read_marker()
+        if current is None:
+            if self.create_marker(record):
+                return
+            current = self.read_marker()
+        if current is not None and current.get("run_id") != record.get("run_id"):
+            raise MarkerTaken(self.marker_location(), current)
         self.write_marker(record)
 
     def in_progress(self) -> dict | None:
         return self.read_marker()
 
-    def clear_in_progress(self) -> None:
-        self.delete_marker()
+    def clear_in_progress(self, run_id: str) -> None:
+        """Remove the marker if it is `run_id`'s; another run's marker is left where it is."""
+        current = self.read_marker()
+        if current is not None and current.get("run_id") == run_id:
+            self.delete_marker()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
@@ -71,6 +72,20 @@ class LocalBackupStore(BackupStore):
 
     def marker_path(self) -> Path:
         return self.base / IN_PROGRESS
+
+    def create_marker(self, record: dict) -> bool:
+        """Staged in a private file, then hard-linked into place: link() fails if the marker exists."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        fd, staged = tempfile.mkstemp(prefix=".marker-", dir=self.base)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(record, indent=2, sort_keys=True))
+            os.link(staged, self.marker_path())
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(staged)
 
     def write_marker(self, record: dict) -> None:
         self.base.mkdir(parents=True, exist_ok=True)

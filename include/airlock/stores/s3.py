@@ -162,6 +162,21 @@ class S3BackupStore(BackupStore):
     def marker_location(self) -> str:
         return f"s3://{self.bucket}/{self.base}/{IN_PROGRESS}"
 
+    def create_marker(self, record: dict) -> bool:
+        """A conditional put (If-None-Match: *): S3 refuses it with 412 when the marker exists."""
+        key = f"{self.base}/{IN_PROGRESS}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, IfNoneMatch="*",
+                                   Body=json.dumps(record, indent=2, sort_keys=True).encode())
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
+                                                                "ConditionalRequestConflict"):
+                return False
+            raise S3StoreError(f"S3 conditional upload of s3://{self.bucket}/{key} failed: {error}") from None
+        except BotoCoreError as error:
+            raise S3StoreError(f"S3 conditional upload of s3://{self.bucket}/{key} failed: {error}") from None
+        return True
+
     def write_marker(self, record: dict) -> None:
         self.put_bytes(f"{self.base}/{IN_PROGRESS}", json.dumps(record, indent=2, sort_keys=True).encode())
 
