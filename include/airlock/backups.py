@@ -136,6 +136,33 @@ def check_files(store: BackupStore, manifest: Manifest) -> None:
                               "from the manifest)")
 
 
+def plain_size(store: BackupStore, manifest: Manifest) -> int:
+    """About how many bytes the set takes once decompressed: the size zstd recorded in each file's
+    frame header, or 8 times the compressed size where it recorded none (a stream)."""
+    total = 0
+    for name, entry in manifest.files.items():
+        content_size = None
+        if name.endswith(".zst"):
+            with store.open_stream(manifest.backup_id, name) as stream:
+                content_size = zstd_content_size(stream.read(18))
+        total += content_size if content_size is not None else int(entry["bytes"]) * (8 if name.endswith(".zst") else 1)
+    return total
+
+
+def zstd_content_size(header: bytes) -> int | None:
+    """Frame_Content_Size from a zstd frame header (RFC 8878, 3.1.1.1), or None when absent."""
+    if len(header) < 6 or header[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = header[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    offset = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0 or len(header) < offset + size:
+        return None
+    value = int.from_bytes(header[offset:offset + size], "little")
+    return value + 256 if size == 2 else value
+
+
 def load_backup(db: Database, store: BackupStore, manifest: Manifest) -> None:
     directory = store.directory(manifest.backup_id)
     if directory is not None:
@@ -174,8 +201,10 @@ def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
                           "refusing to restore it over the live database")
     started = time.monotonic()
     manifest = read_manifest(store, backup_id)
-    check_files(store, manifest)
-    load_backup(db, store, manifest)
+    check_files(store, manifest)  # every file reads back with the sha256 the manifest recorded
+    db.check_restore_possible(manifest.facts, plain_size(store, manifest))
+    db.restore_in_place(lambda staging: load_backup(staging, store, manifest),
+                        lambda staging: table_differences(manifest.tables, staging.table_stats()), manifest.facts)
     problems = table_differences(manifest.tables, db.table_stats())
     if problems:
         raise BackupError(f"restore of {backup_id} into {db.describe()} does not match its manifest: "

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -83,6 +84,62 @@ class Database(ABC):
     @abstractmethod
     def drop(self) -> None: ...
 
+    # -- restoring over the live database ------------------------------------------------------
+    def required_tools(self, facts: dict) -> list[str]:
+        """The programs a restore of a backup with these facts runs."""
+        return ["zstd"]
+
+    def data_directory(self) -> Path | None:
+        """Where the server keeps its files, when that is this machine's disk (for a space check)."""
+        return None
+
+    def restores_through_files(self, facts: dict) -> bool:
+        """Whether a restore decompresses the set into temporary files first (directory formats)."""
+        return True
+
+    def check_restore_possible(self, facts: dict, plain_bytes: int) -> None:
+        """Everything a restore needs, checked before anything is dropped: its tools, and room for
+        the restored copy beside the live data (the swap keeps both until the copy is proven)."""
+        missing = [tool for tool in self.required_tools(facts) if shutil.which(tool) is None]
+        if missing:
+            raise DatabaseError(f"cannot restore {self.describe()}: {', '.join(missing)} not installed on this "
+                                "worker; nothing was changed. Install it and clear this task.")
+        needs = {Path(tempfile.gettempdir()): plain_bytes} if self.restores_through_files(facts) else {}
+        data_dir = self.data_directory()
+        if data_dir is not None:
+            needs[data_dir] = needs.get(data_dir, 0) + int(plain_bytes * 1.2)
+        for where, size in needs.items():
+            free = shutil.disk_usage(where).free
+            if free < size:
+                raise DatabaseError(f"cannot restore {self.describe()}: {where} has {free / 1e6:.1f} MB free and the "
+                                    f"restore needs about {size / 1e6:.1f} MB; nothing was changed. Free space "
+                                    "(or point TMPDIR elsewhere) and clear this task.")
+
+    def restore_in_place(self, load: Callable[[Database], None], check: Callable[[Database], list[str]],
+                         facts: dict) -> None:
+        """Load the backup into a new database beside this one, prove it, then swap names: a restore
+        cut half-way leaves the old data where it was, and a re-run starts again from the top."""
+        staging = self.restore_staging()
+        staging.drop()  # what a cut earlier try left
+        try:
+            load(staging)
+            problems = check(staging)
+            if problems:
+                raise DatabaseError(f"the restored copy of {self.describe()} does not match its manifest "
+                                    f"(nothing was changed): " + "; ".join(problems))
+            self.swap_in(staging, facts)
+        finally:
+            staging.drop()
+
+    @abstractmethod
+    def restore_staging(self) -> Database:
+        """The database a restore loads into before the swap (named after this one, so a re-run
+        finds what a cut restore left)."""
+
+    @abstractmethod
+    def swap_in(self, staging: Database, facts: dict) -> None:
+        """Give `staging`'s contents this database's name; the old contents are dropped."""
+
     def secrets(self) -> list[str]:
         """Strings that must never reach a log line."""
         return []
@@ -143,11 +200,32 @@ def feed(source: BinaryIO, sink: BinaryIO) -> threading.Thread:
     return thread
 
 
+class LineWatcher:
+    """Reads a tool's output line by line on a thread, keeping it for error messages and handing
+    each line to `on_line` (to learn, for example, when the tool has opened its snapshot)."""
+
+    def __init__(self, stream: BinaryIO, on_line: Callable[[str], None] | None = None):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self.read, args=(stream, on_line or (lambda line: None)), daemon=True)
+        self.thread.start()
+
+    def read(self, stream: BinaryIO, on_line: Callable[[str], None]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            on_line(line)
+
+    def text(self) -> bytes:
+        self.thread.join()
+        return "\n".join(self.lines).encode()
+
+
 @contextmanager
-def compressed_output(argv: list[str], what: str, env: dict | None = None,
-                      redact: Callable[[str], str] = str) -> Iterator[BinaryIO]:
+def compressed_output(argv: list[str], what: str, env: dict | None = None, redact: Callable[[str], str] = str,
+                      on_stderr_line: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
     """argv | zstd, as a stream to read; both exit codes checked when the reader is done."""
     tool = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    tool_stderr = LineWatcher(tool.stderr, on_stderr_line)
     zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=tool.stdout, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     tool.stdout.close()
@@ -160,7 +238,8 @@ def compressed_output(argv: list[str], what: str, env: dict | None = None,
     finally:
         zstd.stdout.close()
         zstd_err = zstd.communicate()[1]
-        tool_err = tool.communicate()[1]
+        tool.wait()
+        tool_err = tool_stderr.text()
     for name, process, err in ((what, tool, tool_err), ("zstd", zstd, zstd_err)):
         if process.returncode != 0:
             raise DatabaseError(f"{name} failed (exit {process.returncode}): "

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,9 +24,11 @@ from urllib.parse import quote
 
 import MySQLdb
 
+from airlock.config import loopback_or
 from airlock.databases.base import (
     Database,
     DatabaseError,
+    LineWatcher,
     ServerParams,
     StreamSink,
     StreamSource,
@@ -40,6 +43,12 @@ from airlock.databases.base import (
 DUMP = "database.sql.zst"
 MYDUMPER_DIR = "mydumper"
 THREADS = max(2, os.cpu_count() or 2)
+MYDUMPER_THREADS = 2 * THREADS
+LOCK_WAIT_SECONDS = 10
+"""How long a backup waits for the tables (long-running writes) before it gives up, never holding more."""
+LOCK_HOLD_SECONDS = 10
+"""How long writers may be held while the dump tool opens its snapshots (normally milliseconds)."""
+MYDUMPER_CONNECTED = re.compile(r"Thread \d+ connected using MySQL connection ID (\d+)")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
@@ -70,6 +79,54 @@ def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subproc
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.05)
     return processes
+
+
+DEFINITION_LISTINGS = (
+    ("VIEW", "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA=%s ORDER BY TABLE_NAME"),
+    ("TRIGGER", "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s "
+                "ORDER BY EVENT_OBJECT_TABLE, ACTION_ORDER"),
+    ("ROUTINE", "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA=%s "
+                "ORDER BY ROUTINE_NAME"),
+    ("EVENT", "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA=%s ORDER BY EVENT_NAME"),
+)
+"""How to list each kind of definition that lives in a database besides its tables."""
+CHARSET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def charset_clause(facts: dict) -> str:
+    """CHARACTER SET … COLLATE … from a manifest's facts, refused unless both are plain names."""
+    charset, collation = facts.get("charset") or "utf8mb4", facts.get("collation") or "utf8mb4_general_ci"
+    for value in (charset, collation):
+        if not CHARSET_NAME.match(value):
+            raise DatabaseError(f"the backup's manifest names charset/collation {value!r}, which is not a "
+                                "charset name; refusing to put it into SQL")
+    return f"CHARACTER SET {charset} COLLATE {collation}"
+
+
+class SnapshotWatcher:
+    """Tells `consistent_dump` when every session of the dump tool has opened its snapshot: mysqldump
+    says "-- Setting savepoint" right after it; mydumper names each thread's connection, whose
+    transaction then shows in INNODB_TRX."""
+
+    def __init__(self, db: MysqlDatabase, conn, release: Callable[[], None]):
+        self.db, self.conn, self.release = db, conn, release
+        self.connections: set[int] = set()
+        self.too_late = False
+
+    def on_line(self, line: str) -> None:
+        if line.startswith("-- Setting savepoint"):
+            self.release()
+        elif match := MYDUMPER_CONNECTED.search(line):
+            self.connections.add(int(match.group(1)))
+
+    def poll(self) -> None:
+        if len(self.connections) < MYDUMPER_THREADS:
+            return
+        marks = ",".join(["%s"] * len(self.connections))
+        started = self.db.query(self.conn, f"SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                                           f"WHERE trx_mysql_thread_id IN ({marks})", tuple(self.connections))[0][0]
+        if started >= len(self.connections):
+            self.release()
 
 
 class MysqlDatabase(Database):
@@ -178,79 +235,117 @@ class MysqlDatabase(Database):
         return {"server_version": self.query(conn, "SELECT VERSION()")[0][0], "schema_version": schema,
                 "charset": charset, "collation": collation}
 
-    def locked(self, dump: Callable[[], None], progress_dir: Path | None = None) -> tuple[TableStats, dict]:
-        """Run `dump` while holding read locks, so the statistics describe exactly the dumped data.
+    def consistent_dump(self, dump: Callable[[Callable[[str], None]], None],
+                        progress_dir: Path | None = None) -> tuple[TableStats, dict]:
+        """Run `dump` on one consistent snapshot and compute the statistics of exactly that snapshot,
+        holding writers back only while the snapshots open (milliseconds), never for the dump.
 
-        Writers wait for the length of the dump; the upgrade's final backup is taken with the
-        server stopped, where that costs nothing. With the locks held, every mydumper thread's
-        snapshot is the same, so mydumper runs without its own global lock (--no-locks).
+        A session holds `LOCK TABLES … READ` (its wait bounded by lock_wait_timeout) while a second
+        session and the dump tool's sessions start `WITH CONSISTENT SNAPSHOT` transactions; no write
+        can land between them. `dump` gets a callback for each line its tool prints and releases
+        the lock once `snapshot_opened` says every tool session has its snapshot. The statistics
+        are then read in the second session while the dump goes on.
         """
-        with self.connect() as conn:
-            tables = self.tables(conn)
+        with self.connect() as lock_conn, self.connect() as snap_conn, self.connect() as watch_conn:
+            tables = self.tables(lock_conn)
+            self.query(lock_conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
             if tables:
-                self.query(conn, "LOCK TABLES " + ", ".join(f"{quote_identifier(t)} READ" for t in tables))
+                try:
+                    self.query(lock_conn, "LOCK TABLES " + ", ".join(f"{quote_identifier(t)} READ" for t in tables))
+                except DatabaseError as error:
+                    raise DatabaseError(f"{self.describe()}: no consistent point within {LOCK_WAIT_SECONDS} s "
+                                        f"(long-running writes held the tables); nothing was written. Retry the "
+                                        f"task when they are done. ({error})") from None
+            locked_at = time.monotonic()
+            released = threading.Event()
+
+            def release() -> None:
+                if not released.is_set():
+                    self.query(lock_conn, "UNLOCK TABLES")
+                    released.set()
+
             try:
-                facts = self.facts_with(conn)
+                self.query(snap_conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                self.query(snap_conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                facts = self.facts_with(snap_conn)
+                watcher = SnapshotWatcher(self, watch_conn, release)
                 with ThreadPoolExecutor(1) as pool:
-                    stats = pool.submit(self.table_stats)  # reads beside the dump, under the same locks
                     if progress_dir is None:
-                        dump()
+                        dumping = pool.submit(dump, watcher.on_line)
                     else:
-                        with progress_log(progress_dir, len(tables), self.params.database):
-                            dump()
-                    return stats.result(), facts
+                        dumping = pool.submit(self.with_progress, dump, watcher.on_line, progress_dir, len(tables))
+                    while not released.wait(0.02) and not dumping.done():
+                        watcher.poll()
+                        if time.monotonic() - locked_at > LOCK_HOLD_SECONDS:
+                            release()
+                            watcher.too_late = True
+                    release()
+                    held = time.monotonic() - locked_at
+                    stats = self.stats_with(snap_conn)
+                    dumping.result()
+                if watcher.too_late:
+                    raise DatabaseError(f"{self.describe()}: the dump tool did not open its snapshot within "
+                                        f"{LOCK_HOLD_SECONDS} s, so the dump may not match its statistics; the "
+                                        "backup is discarded. Retry the task.")
+                return stats, {**facts, "writers_held_seconds": round(held, 3)}
             finally:
-                if tables:
-                    self.query(conn, "UNLOCK TABLES")
+                release()
+                self.query(snap_conn, "ROLLBACK")
+
+    def with_progress(self, dump, on_line, progress_dir: Path, tables: int) -> None:
+        with progress_log(progress_dir, tables, self.params.database):
+            dump(on_line)
 
     def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
         tool = self.tool or ("mydumper" if shutil.which("mydumper") and shutil.which("myloader") else "mysqldump")
         if tool == "mysqldump":
-            stats, facts = self.locked(lambda: self.run_dump(directory / DUMP), directory)
+            stats, facts = self.consistent_dump(lambda on_line: self.run_dump(directory / DUMP, on_line), directory)
             return [DUMP], stats, {**facts, "tool": tool}
-        stats, facts = self.locked(lambda: self.run_mydumper(directory), directory)
-        # compressed after the locks are released: writers need not wait for it
+        stats, facts = self.consistent_dump(lambda on_line: self.run_mydumper(directory, on_line), directory)
+        # what mydumper had not compressed while it ran
         files = [f"{MYDUMPER_DIR}/{name}" for name in compress_in_place(directory / MYDUMPER_DIR)]
         return files, stats, {**facts, "tool": tool}
 
     def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
         """mysqldump | zstd straight into `put` (mydumper needs a directory, so it is not used here)."""
 
-        def stream() -> None:
-            with self.mysqldump_stream() as compressed:
+        def stream(on_line: Callable[[str], None]) -> None:
+            with self.mysqldump_stream(on_line) as compressed:
                 put(DUMP, compressed)
 
-        stats, facts = self.locked(stream)
+        stats, facts = self.consistent_dump(stream)
         return [DUMP], stats, {**facts, "tool": "mysqldump"}
 
-    def run_mydumper(self, directory: Path) -> None:
-        """Parallel per-table (and per-chunk) dump; run while this session holds the read locks.
-        Files mydumper has finished are compressed while it works on the others."""
+    def run_mydumper(self, directory: Path, on_line: Callable[[str], None]) -> None:
+        """Parallel per-table (and per-chunk) dump with routines, events and triggers; each thread
+        opens its snapshot while `consistent_dump` holds the tables. Files mydumper has finished are
+        compressed while it works on the others."""
         out = directory / MYDUMPER_DIR
         with self.defaults_file() as cnf:
             dumper = subprocess.Popen(
                 ["mydumper", f"--defaults-file={cnf}", "--database", self.params.database, "--outputdir", str(out),
-                 "--threads", str(2 * THREADS), "--rows", "250000", "--no-locks", "--verbose", "1"],
+                 "--threads", str(MYDUMPER_THREADS), "--rows", "250000", "--no-locks", "--routines", "--events",
+                 "--triggers", "--verbose", "3"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            with ThreadPoolExecutor(1) as reader:
-                output = reader.submit(dumper.stdout.read)
-                compressing = compress_finished_files(dumper, out)
-                returncode = dumper.wait()
-                for process in compressing:
-                    process.wait()
-                self.check_tool("mydumper", returncode, output.result())
+            output = LineWatcher(dumper.stdout, on_line)
+            compressing = compress_finished_files(dumper, out)
+            returncode = dumper.wait()
+            for process in compressing:
+                process.wait()
+            self.check_tool("mydumper", returncode, output.text())
 
-    def run_dump(self, target: Path) -> None:
-        with self.mysqldump_stream() as compressed, open(target, "wb") as out:
+    def run_dump(self, target: Path, on_line: Callable[[str], None]) -> None:
+        with self.mysqldump_stream(on_line) as compressed, open(target, "wb") as out:
             shutil.copyfileobj(compressed, out, 1 << 20)
 
     @contextmanager
-    def mysqldump_stream(self) -> Iterator[BinaryIO]:
+    def mysqldump_stream(self, on_line: Callable[[str], None]) -> Iterator[BinaryIO]:
         """The zstd-compressed output of a consistent mysqldump, as a stream; checked at the end."""
         with self.defaults_file() as cnf, compressed_output(
                 ["mysqldump", f"--defaults-extra-file={cnf}", "--single-transaction", "--quick", "--hex-blob",
-                 "--no-tablespaces", "--skip-lock-tables", "--triggers", self.params.database],
-                f"mysqldump of {self.describe()}", redact=self.redact) as stream:
+                 "--no-tablespaces", "--skip-lock-tables", "--triggers", "--routines", "--events", "--verbose",
+                 self.params.database],
+                f"mysqldump of {self.describe()}", redact=self.redact, on_stderr_line=on_line) as stream:
             yield stream
 
     def check_tool(self, name: str, returncode: int, output: bytes) -> None:
@@ -290,16 +385,89 @@ class MysqlDatabase(Database):
     def recreate(self, facts: dict) -> None:
         """A dump loaded over a migrated schema fails half-way on foreign keys: start empty."""
         name = quote_identifier(self.params.database)
-        charset = facts.get("charset") or "utf8mb4"
-        collation = facts.get("collation") or "utf8mb4_general_ci"
         with self.connect(database=None) as conn:
             self.query(conn, f"DROP DATABASE IF EXISTS {name}")
-            self.query(conn, f"CREATE DATABASE {name} CHARACTER SET {charset} COLLATE {collation}")
+            self.query(conn, f"CREATE DATABASE {name} {charset_clause(facts)}")
 
     def run_mysql_client(self, dump: Path) -> None:
         with self.defaults_file() as cnf, open(dump, "rb") as source:
             decompress_stream_into(source, ["mysql", f"--defaults-extra-file={cnf}", self.params.database],
                                    "mysql", redact=self.redact)
+
+    # -- restoring over the live database ------------------------------------------------------
+    def required_tools(self, facts: dict) -> list[str]:
+        return ["zstd", "myloader" if facts.get("tool") == "mydumper" else "mysql"]
+
+    def restores_through_files(self, facts: dict) -> bool:
+        return facts.get("tool") == "mydumper"
+
+    def data_directory(self) -> Path | None:
+        if loopback_or(self.params.host) != "loopback":
+            return None
+        with self.connect(database=None) as conn:
+            path = Path(self.query(conn, "SELECT @@datadir")[0][0])
+        return path if path.is_dir() else None
+
+    def companion(self, role: str) -> MysqlDatabase:
+        """airlock_<role>_<name>: a database beside this one for a restore's staging or old copy."""
+        return MysqlDatabase(replace(self.params, database=f"airlock_{role}_{self.params.database}"[:64]), self.tool)
+
+    def restore_staging(self) -> MysqlDatabase:
+        return self.companion("restore")
+
+    def swap_in(self, staging: Database, facts: dict) -> None:
+        """One RENAME TABLE moves every table of this database aside and every restored table in (atomic);
+        views, triggers, routines and events, which cannot move between databases, are recreated here
+        from their definitions in the restored copy."""
+        assert isinstance(staging, MysqlDatabase)
+        previous = self.companion("previous")
+        definitions = staging.definitions()
+        with self.connect(database=None) as conn:
+            self.query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
+            self.query(conn, f"DROP DATABASE IF EXISTS {quote_identifier(previous.params.database)}")
+            self.query(conn, f"CREATE DATABASE {quote_identifier(previous.params.database)}")
+            self.query(conn, f"CREATE DATABASE IF NOT EXISTS {quote_identifier(self.params.database)}")
+            self.drop_definitions(conn, self)
+            self.drop_definitions(conn, staging, only=("TRIGGER", "VIEW"))
+            moves = [f"{quote_identifier(self.params.database)}.{quote_identifier(t)} TO "
+                     f"{quote_identifier(previous.params.database)}.{quote_identifier(t)}" for t in self.tables(conn)]
+            moves += [f"{quote_identifier(staging.params.database)}.{quote_identifier(t)} TO "
+                      f"{quote_identifier(self.params.database)}.{quote_identifier(t)}" for t in staging.tables(conn)]
+            if moves:
+                self.query(conn, "RENAME TABLE " + ", ".join(moves))
+            self.query(conn, f"ALTER DATABASE {quote_identifier(self.params.database)} "
+                             f"{charset_clause(facts)}")
+        with self.connect() as conn:
+            for _kind, _name, sql_mode, statement in definitions:
+                self.query(conn, "SET SESSION sql_mode = %s", (sql_mode,))
+                self.query(conn, statement)
+        previous.drop()
+
+    def definitions(self) -> list[tuple[str, str, str, str]]:
+        """(kind, name, sql_mode, CREATE statement) of every view, trigger, routine and event, read in
+        this database so the statements name no database (views first: triggers may use them)."""
+        found = []
+        with self.connect() as conn:
+            db = self.params.database
+            for kind, listing in DEFINITION_LISTINGS:
+                for (name, *rest) in self.query(conn, listing, (db,)):
+                    kind_here = rest[0] if rest else kind
+                    row = self.query(conn, f"SHOW CREATE {kind_here} {quote_identifier(name)}")[0]
+                    # SHOW CREATE VIEW: (name, statement, …); EVENT: (name, sql_mode, time_zone, statement, …);
+                    # TRIGGER, PROCEDURE, FUNCTION: (name, sql_mode, statement, …)
+                    statement, sql_mode = {"VIEW": (row[1], ""), "EVENT": (row[3], row[1])}.get(
+                        kind_here, (row[2], row[1]))
+                    found.append((kind_here, name, sql_mode, statement))
+        return found
+
+    def drop_definitions(self, conn, db: MysqlDatabase, only: tuple[str, ...] = ("TRIGGER", "VIEW", "PROCEDURE",
+                                                                                  "FUNCTION", "EVENT")) -> None:
+        for kind, listing in DEFINITION_LISTINGS:
+            for (name, *rest) in self.query(conn, listing, (db.params.database,)):
+                kind_here = rest[0] if rest else kind
+                if kind_here in only:
+                    self.query(conn, f"DROP {kind_here} IF EXISTS {quote_identifier(db.params.database)}."
+                                     f"{quote_identifier(name)}")
 
     def scratch(self, label: str) -> MysqlDatabase:
         name = f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:24]}_{uuid.uuid4().hex[:8]}"

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import psycopg2
 from psycopg2 import sql
 
+from airlock.config import loopback_or
 from airlock.databases.base import (
     Database,
     DatabaseError,
@@ -160,8 +161,7 @@ class PostgresDatabase(Database):
             snapshot = self.query(conn, "SELECT pg_export_snapshot()")[0][0]
             with progress_log(directory, len(self.tables(conn)), self.params.database):
                 self.run_tool(["pg_dump", *self.connection_args(), "--format=directory", f"--jobs={JOBS}",
-                               "--compress=0", f"--snapshot={snapshot}", "--no-owner", "--no-privileges",
-                               f"--file={out}", self.params.database])
+                               "--compress=0", f"--snapshot={snapshot}", f"--file={out}", self.params.database])
             stats, facts = self.stats_with(conn), self.facts_with(conn)
             conn.rollback()
         return [f"{DUMP_DIR}/{name}" for name in compress_in_place(out)], stats, facts
@@ -173,7 +173,7 @@ class PostgresDatabase(Database):
             snapshot = self.query(conn, "SELECT pg_export_snapshot()")[0][0]
             with self.tool_env() as env, compressed_output(
                     ["pg_dump", *self.connection_args(), "--format=custom", "--compress=0", f"--snapshot={snapshot}",
-                     "--no-owner", "--no-privileges", self.params.database],
+                     self.params.database],
                     f"pg_dump of {self.describe()}", env=env, redact=self.redact) as stream:
                 put(STREAM_DUMP, stream)
             stats, facts = self.stats_with(conn), self.facts_with(conn)
@@ -185,16 +185,16 @@ class PostgresDatabase(Database):
             raise DatabaseError("a directory-format pg_dump backup is restored from a local store only")
         self.recreate(facts)
         with self.tool_env() as env, get(STREAM_DUMP) as source:
-            decompress_stream_into(source, ["pg_restore", *self.connection_args(), "--no-owner", "--no-privileges",
-                                            "--exit-on-error", f"--dbname={self.params.database}"],
+            decompress_stream_into(source, ["pg_restore", *self.connection_args(), "--exit-on-error",
+                                            f"--dbname={self.params.database}"],
                                    "pg_restore", env=env, redact=self.redact)
 
     def load(self, directory: Path, facts: dict) -> None:
         self.recreate(facts)
         with tempfile.TemporaryDirectory(prefix="airlock-pg-restore-") as plain:
             decompress_into(directory / DUMP_DIR, plain)
-            self.run_tool(["pg_restore", *self.connection_args(), f"--jobs={JOBS}", "--no-owner",
-                           "--no-privileges", "--exit-on-error", f"--dbname={self.params.database}", plain])
+            self.run_tool(["pg_restore", *self.connection_args(), f"--jobs={JOBS}", "--exit-on-error",
+                           f"--dbname={self.params.database}", plain])
 
     def recreate(self, facts: dict) -> None:
         """Restoring over a migrated schema leaves a mix: drop the database and start empty."""
@@ -204,6 +204,81 @@ class PostgresDatabase(Database):
             self.query(conn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
             self.query(conn, sql.SQL("CREATE DATABASE {} ENCODING {} TEMPLATE template0").format(
                 name, sql.Literal(encoding)))
+
+    # -- restoring over the live database ------------------------------------------------------
+    def required_tools(self, facts: dict) -> list[str]:
+        return ["zstd", "pg_restore"]
+
+    def restores_through_files(self, facts: dict) -> bool:
+        return facts.get("tool") == "pg_dump"
+
+    def data_directory(self) -> Path | None:
+        if loopback_or(self.params.host) != "loopback":
+            return None
+        try:
+            with self.connect(MAINTENANCE_DB) as conn:
+                path = Path(self.query(conn, "SHOW data_directory")[0][0])
+        except DatabaseError:
+            return None  # only superusers (and pg_read_all_settings) may read it
+        return path if path.is_dir() else None
+
+    def companion(self, role: str) -> PostgresDatabase:
+        """airlock_<role>_<name>: a database beside this one for a restore's staging or old copy."""
+        return PostgresDatabase(replace(self.params, database=f"airlock_{role}_{self.params.database}"[:63]))
+
+    def restore_staging(self) -> PostgresDatabase:
+        return self.companion("restore")
+
+    def swap_in(self, staging: Database, facts: dict) -> None:
+        """Rename this database aside and the restored one into its place in one transaction, then give
+        it this database's owner, grants and settings (pg_dump carries those of the objects inside)."""
+        assert isinstance(staging, PostgresDatabase)
+        previous, name = self.companion("previous"), self.params.database
+        with self.connect(MAINTENANCE_DB) as conn:
+            kept = self.database_properties(conn) if self.exists() else None
+            self.query(conn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(previous.params.database)))
+            self.query(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY(%s) "
+                             "AND pid <> pg_backend_pid()", ([name, staging.params.database],))
+            self.query(conn, "BEGIN")
+            if kept is not None:
+                self.query(conn, sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(name), sql.Identifier(previous.params.database)))
+            self.query(conn, sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(staging.params.database), sql.Identifier(name)))
+            self.query(conn, "COMMIT")
+            if kept is not None:
+                self.apply_database_properties(conn, kept)
+        previous.drop()
+
+    def database_properties(self, conn) -> dict:
+        """Owner, grants and per-database settings: what lives on the database, not inside it."""
+        owner, has_acl = self.query(conn, "SELECT pg_get_userbyid(datdba), datacl IS NOT NULL FROM pg_database "
+                                          "WHERE datname = %s", (self.params.database,))[0]
+        grants = self.query(conn, "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+                                  "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+                                  "WHERE d.datname = %s", (self.params.database,))
+        settings = self.query(conn, "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d "
+                                    "ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole = 0",
+                              (self.params.database,))
+        return {"owner": owner, "has_acl": has_acl, "grants": grants, "settings": [row[0] for row in settings]}
+
+    def apply_database_properties(self, conn, kept: dict) -> None:
+        database = sql.Identifier(self.params.database)
+        if kept["owner"] != self.params.user:
+            self.query(conn, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, sql.Identifier(kept["owner"])))
+        if kept["has_acl"]:
+            self.query(conn, sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
+        for grantee, privilege, grantable in kept["grants"]:
+            if privilege not in ("CONNECT", "CREATE", "TEMPORARY"):
+                continue  # not a database privilege; nothing else can come from aclexplode here
+            who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+            self.query(conn, sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                sql.SQL(privilege), database, who, sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+        for setting in kept["settings"]:
+            key, _, value = setting.partition("=")
+            self.query(conn, sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                database, sql.Identifier(key), sql.Literal(value)))
 
     def scratch(self, label: str) -> PostgresDatabase:
         name = f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:24]}_{uuid.uuid4().hex[:8]}"

@@ -120,6 +120,13 @@ class SqliteDatabase(Database):
             Path(str(self.path) + suffix).unlink(missing_ok=True)
         os.replace(staged, self.path)
 
+    def restore_staging(self) -> SqliteDatabase:
+        return SqliteDatabase(self.path.with_name(self.path.name + ".airlock-restore.sqlite"))
+
+    def swap_in(self, staging: Database, facts: dict) -> None:
+        assert isinstance(staging, SqliteDatabase)
+        self.replace_with(staging.path)
+
     def table_stats(self) -> TableStats:
         return stats_of(self.path)
 
