@@ -103,12 +103,13 @@ def kill_restore_connections(db) -> int:
     conn = admin_connection()
     killed = 0
     with conn.cursor() as cursor:
-        cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND USER = %s", (staging, TEST_USER))
+        cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND USER = %s",
+                       (staging, TEST_USER))
         for (connection_id,) in cursor.fetchall():
             try:
                 cursor.execute(f"KILL {int(connection_id)}")
                 killed += 1
-            except Exception:  # noqa: BLE001 (it may have ended by itself meanwhile)
+            except Exception:
                 pass
     conn.close()
     return killed
@@ -134,7 +135,7 @@ def test_restore_whose_connection_is_cut_leaves_the_old_data_and_a_rerun_ends_ex
     def restore():
         try:
             restore_backup(db, store, "b1")
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             failure.append(error)
 
     worker = threading.Thread(target=restore)
