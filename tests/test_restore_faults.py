@@ -249,12 +249,13 @@ def test_postgresql_grants_and_ownership_come_back(tmp_path):
         db.drop()
 
 
-def test_a_live_backup_does_not_hold_writers_for_its_length(tmp_path):
+@pytest.mark.parametrize("tool", ["mydumper", "mysqldump"])
+def test_a_live_backup_does_not_hold_writers_for_its_length(tmp_path, tool):
     """A writer inserting every 10 ms keeps writing while production is backed up (phase 1), and the
     backup still describes exactly one instant (it verifies, and holds fewer rows than the end)."""
-    db = filled_database("mydumper", tmp_path, "airlock_it_writers")
+    db = filled_database(tool, tmp_path, "airlock_it_writers")
     try:
-        grow(db, 400000)
+        grow(db, 1_500_000)  # about 2 s of dumping here: long enough to tell "held for the dump" apart
         stop, latencies = threading.Event(), []
 
         def keep_writing():
@@ -279,6 +280,8 @@ def test_a_live_backup_does_not_hold_writers_for_its_length(tmp_path):
         assert verify_backup(db, store, "b1")["ok"]
         assert db.table_stats()["metrics"]["rows"] > manifest.tables["metrics"]["rows"]
         assert manifest.facts["writers_held_seconds"] < 1.0, manifest.facts
-        assert max(latencies) < 1.0, f"a write waited {max(latencies):.2f} s during a {manifest.seconds} s backup"
+        # the tool's start-up (connections, snapshots) holds writers, not the dump: not more than a fraction
+        assert max(latencies) < min(1.0, manifest.seconds / 3), \
+            f"a write waited {max(latencies):.2f} s during a {manifest.seconds} s backup"
     finally:
         db.drop()

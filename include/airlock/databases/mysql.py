@@ -104,28 +104,25 @@ def charset_clause(facts: dict) -> str:
 
 
 class SnapshotWatcher:
-    """Tells `consistent_dump` when every session of the dump tool has opened its snapshot: mysqldump
-    says "-- Setting savepoint" right after it; mydumper names each thread's connection, whose
-    transaction then shows in INNODB_TRX."""
+    """Tells `consistent_dump` when every session of the dump tool has opened its snapshot.
 
-    def __init__(self, db: MysqlDatabase, conn, release: Callable[[], None]):
-        self.db, self.conn, self.release = db, conn, release
-        self.connections: set[int] = set()
+    mysqldump says "-- Setting savepoint" right after its START TRANSACTION. mydumper (0.10) starts
+    its threads one at a time: each says "Thread N connected", starts its transaction and only then
+    lets the next one start; so once the last thread has said it, the next line mydumper prints comes
+    after every snapshot is open. (INNODB_TRX is no help: it does not list read-only transactions.)
+    """
+
+    def __init__(self, release: Callable[[], None]):
+        self.release = release
+        self.connected = 0
         self.too_late = False
 
     def on_line(self, line: str) -> None:
         if line.startswith("-- Setting savepoint"):
             self.release()
-        elif match := MYDUMPER_CONNECTED.search(line):
-            self.connections.add(int(match.group(1)))
-
-    def poll(self) -> None:
-        if len(self.connections) < MYDUMPER_THREADS:
-            return
-        marks = ",".join(["%s"] * len(self.connections))
-        started = self.db.query(self.conn, f"SELECT COUNT(*) FROM information_schema.INNODB_TRX "
-                                           f"WHERE trx_mysql_thread_id IN ({marks})", tuple(self.connections))[0][0]
-        if started >= len(self.connections):
+        elif MYDUMPER_CONNECTED.search(line):
+            self.connected += 1
+        elif self.connected >= MYDUMPER_THREADS and line.strip():
             self.release()
 
 
@@ -246,7 +243,7 @@ class MysqlDatabase(Database):
         the lock once `snapshot_opened` says every tool session has its snapshot. The statistics
         are then read in the second session while the dump goes on.
         """
-        with self.connect() as lock_conn, self.connect() as snap_conn, self.connect() as watch_conn:
+        with self.connect() as lock_conn, self.connect() as snap_conn:
             tables = self.tables(lock_conn)
             self.query(lock_conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
             if tables:
@@ -268,14 +265,13 @@ class MysqlDatabase(Database):
                 self.query(snap_conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 self.query(snap_conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 facts = self.facts_with(snap_conn)
-                watcher = SnapshotWatcher(self, watch_conn, release)
+                watcher = SnapshotWatcher(release)
                 with ThreadPoolExecutor(1) as pool:
                     if progress_dir is None:
                         dumping = pool.submit(dump, watcher.on_line)
                     else:
                         dumping = pool.submit(self.with_progress, dump, watcher.on_line, progress_dir, len(tables))
                     while not released.wait(0.02) and not dumping.done():
-                        watcher.poll()
                         if time.monotonic() - locked_at > LOCK_HOLD_SECONDS:
                             release()
                             watcher.too_late = True
