@@ -21,6 +21,8 @@ from airlock.config import load_target
 from airlock.databases.mysql import MysqlDatabase
 from airlock.demo import SEED_MLFLOW, SEED_SEMATIC, SEED_ZENML
 from airlock.environment import Environment, open_environment
+from airlock.http import request_json
+from airlock.platforms.mlflow import MlflowAdapter
 from services import new_database
 
 OLD, NEW = "2.16.2", "3.17.2"
@@ -85,6 +87,7 @@ class Scenario:
         return {"platform": self.platform.name, "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
                 "backup": {"location": str(self.root / "backups")},
                 "drain": {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60},
+                "watch": {"interval_seconds": 1, "consecutive_failures": 2, "unhealthy_seconds": 3},
                 "environments": envs, **self.settings}
 
     def helm_entry(self, env: str) -> dict:
@@ -254,19 +257,35 @@ def last_record(scenario: Scenario) -> dict:
     return upgrade_log.read(scenario.root / "backups")[-1]
 
 
-def crash_server_while(dag_id: str, task_id: str, pid_of: Callable[[], int | None]) -> list[int]:
+def crash_server_while(dag_id: str, task_id: str, pid_of: Callable[[], int | None],
+                       before: Callable[[], object] = lambda: None,
+                       after: Callable[[], object] = lambda: None) -> list[int]:
     """Kill a server (SIGKILL, as a crash would) once `task_id` is running; `pid_of` finds its
-    process then. The returned list gets the pid when it happened."""
+    process then. `before` runs just before the kill (a user writing), `after` just after (a pod
+    restarting, something else taking the port). The returned list gets the pid when it happened."""
     crashed: list[int] = []
 
     def crash():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not crashed:
             if task_state(dag_id, task_id) == "running":
+                before()
                 pid = pid_of()
                 os.killpg(pid, signal.SIGKILL)
                 crashed.append(pid)
+                after()
             time.sleep(0.5)
 
     threading.Thread(target=crash, daemon=True).start()
     return crashed
+
+
+def log_a_run(url: str) -> str:
+    """A data scientist logging a run with a metric (through the REST API any client uses)."""
+    adapter = MlflowAdapter(url)
+    experiment_id = adapter.experiments()[0]["experiment_id"]
+    run = request_json("POST", f"{url}/api/2.0/mlflow/runs/create",
+                       {"experiment_id": experiment_id, "start_time": int(time.time() * 1000)})["run"]["info"]
+    request_json("POST", f"{url}/api/2.0/mlflow/runs/log-metric",
+                 {"run_id": run["run_id"], "key": "after_upgrade", "value": 0.93, "timestamp": 1, "step": 0})
+    return run["run_id"]

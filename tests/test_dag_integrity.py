@@ -13,7 +13,9 @@ IDEMPOTENT = {"preflight.plan", "backup_and_prepare.health_staging", "backup_and
               "backup_and_prepare.inventory", "compatibility.prepare_versions", "staging_upgrade.backup",
               "staging_upgrade.fingerprint", "production_upgrade.health", "production_upgrade.smoke"}
 CHANGES_A_SERVER = {"staging_upgrade.stop", "staging_upgrade.migrate", "production_upgrade.migrate",
-                    "production_upgrade.start", "conclude.rollback_production"}
+                    "production_upgrade.start"}
+RIDES_OUT_BLIPS = {"conclude.decide", "conclude.finish", "conclude.rollback_production",
+                   "staging_upgrade.rollback_staging"}
 
 
 def dag_bag(monkeypatch, targets_file=None):
@@ -78,6 +80,21 @@ def test_drain_decision_defaults_to_abort(upgrade_dag):
 def test_retries_only_where_a_retry_is_safe(upgrade_dag):
     assert all(upgrade_dag.get_task(t).retries > 0 for t in IDEMPOTENT)
     assert all(upgrade_dag.get_task(t).retries == 0 for t in CHANGES_A_SERVER)
+    # deciding and rolling back are idempotent: one transient error there is retried, backing off
+    for task_id in RIDES_OUT_BLIPS:
+        task = upgrade_dag.get_task(task_id)
+        assert (task.retries, task.retry_exponential_backoff) == (4, 2.0), task_id
+
+
+def test_a_failed_watch_asks_before_rolling_back_a_server_that_answers(upgrade_dag):
+    decide = upgrade_dag.get_task("conclude.decide")
+    assert decide.downstream_task_ids == {"conclude.finish", "conclude.assess_rollback", "conclude.report"}
+    gate = upgrade_dag.get_task("conclude.rollback_decision")
+    assert gate.upstream_task_ids == {"conclude.assess_rollback"}
+    assert gate.defaults == ["Keep the new version and investigate"]  # no answer: nothing is lost
+    assert gate.options_mapping == {"Roll back (lose the writes listed)": "conclude.rollback_production",
+                                    "Keep the new version and investigate": "conclude.keep_new_version"}
+    assert gate.response_timeout.total_seconds() == 60 * 60
 
 
 def test_dag_settings_for_operators(upgrade_dag):

@@ -33,3 +33,14 @@ def test_configuration_backup_keeps_no_secret_values():
     kept = list(yaml.safe_load_all(manifest_without_secrets(manifest)))
     assert kept[0]["data"] == "<redacted>" and "bXlzcWw" not in manifest_without_secrets(manifest)
     assert kept[1] == {"kind": "Deployment", "metadata": {"name": "mlflow"}}
+
+
+def test_migration_jobs_are_named_per_attempt_within_kubernetes_limits():
+    """A re-run after a rollback must create a new Job (the old one is Complete: reusing it would skip
+    the migration); a long chart Job name is shortened, never the part that tells attempts apart."""
+    from airlock.drivers.helm import migration_job_name
+
+    assert migration_job_name("mlflow-migrate", "3.17.2", 1) == "mlflow-migrate-3-17-2-a1"
+    assert migration_job_name("mlflow-migrate", "3.17.2", 2) != migration_job_name("mlflow-migrate", "3.17.2", 1)
+    long = migration_job_name("a-very-long-chart-generated-migration-job-name-for-mlflow-db", "3.17.2", 12)
+    assert len(long) <= 63 and long.endswith("-3-17-2-a12") and "--" not in long

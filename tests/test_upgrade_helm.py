@@ -145,7 +145,7 @@ def test_helm_upgrade_migrates_with_the_new_image_before_the_release_changes(wor
         assert image_tags(helm, s, env) == [OLD, NEW]  # revision 2 is the upgrade
         namespace = s.namespace(env)
         events = [e for e in kubelet.events if e.startswith(namespace)]
-        migrated = events.index(f"{namespace}/mlflow-migrate-{NEW.replace('.', '-')}: Complete")
+        migrated = events.index(f"{namespace}/mlflow-migrate-{NEW.replace('.', '-')}-a1: Complete")
         assert events.index(f"{namespace}/mlflow: running {NEW}") > migrated  # the Job ran first
         assert [job["image"] for job in kubelet.jobs_seen if job["namespace"] == namespace] == \
             [f"ghcr.io/mlflow/mlflow:{NEW}"]  # one migration Job, with the NEW image

@@ -57,3 +57,21 @@ def test_log_keeps_one_line_per_run_and_renders_markdown(tmp_path):
     assert [r["outcome"] for r in upgrade_log.read(tmp_path)] == ["upgraded", "rejected"]
     markdown = (tmp_path / upgrade_log.MARKDOWN).read_text()
     assert "| 2026-11-23T10:00:00+00:00 | t | 1.0.0 → 1.0.1 | upgraded | no | al | 12.5 s | preflight 1 |" in markdown
+
+
+def test_a_failed_finish_is_not_reported_as_a_failed_rollback():
+    """The upgrade passed its watch and only dropping the marker failed (an S3 blip): nothing needs
+    rolling back, and the log must not send on-call to a rollback."""
+    half = {"production": "s3://b/t/production/UPGRADE_IN_PROGRESS.json"}
+    outcome, detail = decide_outcome({"preflight.plan": PLAN, "production_upgrade.watch": {"checks": 30},
+                                      "_half_upgraded": half})
+    assert outcome == "finish_failed"
+    assert "clear conclude.finish (nothing needs rolling back)" in detail and "FAILED" not in detail
+
+
+def test_keeping_the_new_version_after_a_failed_watch_says_how_to_roll_back_later():
+    kept = {"kept": "3.17.2", "decided_by": "Al", "marker": "/b/t/production/UPGRADE_IN_PROGRESS.json"}
+    outcome, detail = decide_outcome({"preflight.plan": PLAN, "conclude.keep_new_version": kept,
+                                      "_half_upgraded": {"production": kept["marker"]}})
+    assert outcome == "kept_after_failed_watch"
+    assert "KEEPS 3.17.2 as Al decided" in detail and "clear conclude.rollback_decision" in detail

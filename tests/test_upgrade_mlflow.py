@@ -7,11 +7,14 @@ version served, the data (fingerprints), production untouched, what the upgrade 
 
 from __future__ import annotations
 
+import http.server
 import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
+from airlock import steps
+from airlock.backups import apply_retention, is_verified, read_manifest
 from airlock.http import request_json
 from airlock.platforms.mlflow import MlflowAdapter
 from harness import (
@@ -21,6 +24,7 @@ from harness import (
     crash_server_while,
     fingerprints,
     last_record,
+    log_a_run,
     make_scenario,
     run_upgrade,
     served,
@@ -38,7 +42,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db, mlflow_venvs):
     root = tmp_path_factory.mktemp("upgrade")
-    names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails"]
+    names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails", "pod_restart",
+             "answers_but_broken"]
     scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i) for i, name in enumerate(names)}
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
@@ -197,31 +202,123 @@ def test_rehearsal_failure_stops_the_upgrade_before_any_server_is_touched(world)
     assert last_record(s)["outcome"] == "failed"
 
 
-def test_crash_after_the_upgrade_restores_the_old_release_and_the_exact_data(world):
+def test_write_during_the_watch_then_a_crash_rolls_back_and_keeps_the_write(world):
+    """The new version serves, a user logs a run, the server crashes and stays down: rolled back
+    without asking (nothing answers), the old data exactly, and the run written since the upgrade
+    kept in a verified post-upgrade backup that the report names."""
     scenarios, targets_file = world
     s = scenarios["crash_after_upgrade"]
     start_and_seed(s)
     before = fingerprints(s)
     production = s.env("production")
     production_tables = s.databases["production"].table_stats()
+    written: list[str] = []
     crashed = crash_server_while("airlock_upgrade__crash_after_upgrade", "production_upgrade.watch",
-                                 production.driver.running_pid)
+                                 production.driver.running_pid,
+                                 before=lambda: written.append(log_a_run(production.config.url)))
     run, gate = run_upgrade("airlock_upgrade__crash_after_upgrade", targets_file,
                             {"target_version": NEW, "watch_seconds": 60}, answer="Approve")
 
     states = task_states(run)
-    assert crashed, "the production server was never crashed"
+    assert crashed and written, "the production server was never written to and crashed"
     assert gate.response["status"] == 200
     assert states["production_upgrade.migrate"] == "success", states
     assert states["production_upgrade.watch"] == "failed", states
+    assert "conclude.rollback_decision" not in gate.bodies  # nothing answered: nobody was asked
     assert states["conclude.rollback_production"] == "success", states
     assert str(run.state) == "failed"  # a rollback is never a green run
     assert served(s, "production") == OLD
     assert s.databases["production"].table_stats() == production_tables  # the migrated schema is gone
     assert fingerprints(s)["production"] == before["production"]
     assert served(s, "staging") == NEW
+    kept = xcom(run, "conclude.rollback_production")["post_upgrade_backup"]
+    assert is_verified(production.store, kept["backup_id"])
+    runs_table = read_manifest(production.store, kept["backup_id"]).tables["runs"]
+    assert runs_table["rows"] == production_tables["runs"]["rows"] + 1  # the run logged on 3.17.2
+    assert {"table": "runs", "rows_before": production_tables["runs"]["rows"],
+            "rows_now": production_tables["runs"]["rows"] + 1, "new_table": False} in kept["written_since_upgrade"]
     record = last_record(s)
     assert (record["outcome"], record["rolled_back"]) == ("rolled_back", True)
+    assert kept["backup_id"] in record["detail"]
     assert record["production_downtime_seconds"] > 0
     assert production.store.in_progress() is None
+    # retention keeps it (it is younger than keep_days), even beyond keep_last
+    assert kept["backup_id"] in apply_retention(production.store, keep_last=0, keep_days=30)["kept"]
 
+
+def test_a_server_that_comes_back_within_the_tolerance_is_not_rolled_back(world):
+    """One failed probe is not a verdict: the server crashes and comes back (a pod restarting)."""
+    scenarios, targets_file = world
+    s = scenarios["pod_restart"]
+    start_and_seed(s)
+    production = s.env("production")
+    crashed = crash_server_while("airlock_upgrade__pod_restart", "production_upgrade.watch",
+                                 production.driver.running_pid, after=lambda: production.driver.start(NEW))
+    run, _ = run_upgrade("airlock_upgrade__pod_restart", targets_file, {"target_version": NEW, "watch_seconds": 20})
+
+    states = task_states(run)
+    assert crashed
+    assert str(run.state) == "success", states
+    assert xcom(run, "production_upgrade.watch")["recovered_after_seconds"], "the crash was never seen"
+    assert states["conclude.rollback_production"] == "skipped", states
+    assert served(s, "production") == NEW
+    assert last_record(s)["outcome"] == "upgraded"
+
+
+class Unhealthy(http.server.BaseHTTPRequestHandler):
+    """A server that answers, but only 503 (a new version whose database connection broke)."""
+
+    def do_GET(self):
+        self.send_response(503)
+        self.end_headers()
+        self.wfile.write(b"unavailable")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_broken_server_that_still_answers_is_not_rolled_back_without_a_human(world):
+    """After the upgrade a user logs a run; then production answers only 503. The gate shows what a
+    rollback would lose; nobody-or-Keep leaves the new version and its data alone, marker kept."""
+    scenarios, targets_file = world
+    s = scenarios["answers_but_broken"]
+    start_and_seed(s)
+    production = s.env("production")
+    runs_before = s.databases["production"].table_stats()["runs"]["rows"]
+    stand_ins: list[http.server.HTTPServer] = []
+
+    def answer_503():
+        server = http.server.HTTPServer((production.config.host, production.config.port), Unhealthy)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stand_ins.append(server)
+
+    crashed = crash_server_while("airlock_upgrade__answers_but_broken", "production_upgrade.watch",
+                                 production.driver.running_pid, before=lambda: log_a_run(production.config.url),
+                                 after=answer_503)
+    try:
+        run, gates = run_upgrade("airlock_upgrade__answers_but_broken", targets_file,
+                                 {"target_version": NEW, "watch_seconds": 30}, answer="Approve",
+                                 answers={"conclude.rollback_decision": "Keep the new version and investigate"})
+    finally:
+        for server in stand_ins:
+            server.shutdown()
+            server.server_close()
+
+    states = task_states(run)
+    assert crashed and stand_ins
+    assert states["conclude.rollback_decision"] == "success", states
+    body = gates.bodies["conclude.rollback_decision"]
+    assert f"`runs`: {runs_before} → {runs_before + 1} rows" in body, body
+    assert states["conclude.keep_new_version"] == "success", states
+    assert states["conclude.rollback_production"] == "skipped", states
+    assert str(run.state) == "failed"  # kept, but on-call must look
+    marker = production.store.in_progress()
+    assert marker and marker["run_id"] == run.run_id  # a rollback is still one clear away
+    assert s.databases["production"].table_stats()["runs"]["rows"] == runs_before + 1  # nothing restored
+    record = last_record(s)
+    assert record["outcome"] == "kept_after_failed_watch"
+    assert "clear conclude.rollback_decision" in record["detail"]
+    # on-call decides later to roll back: the write is kept first, the old version serves the old data
+    rolled_back = steps.rollback(production, run.run_id)
+    assert rolled_back["version"] == OLD and served(s, "production") == OLD
+    assert rolled_back["post_upgrade_backup"]["written_since_upgrade"]

@@ -179,6 +179,7 @@ def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
     manifest = read_manifest(store, backup_id)
     check_files(store, manifest)
     scratch = db.scratch(manifest.environment)
+    scratch.check_restore_possible(manifest.facts, plain_size(store, manifest))  # room on the scratch server
     try:
         load_backup(scratch, store, manifest)
         problems = table_differences(manifest.tables, scratch.table_stats())

@@ -369,6 +369,32 @@ class DrainConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """How production is judged after its upgrade. One failed probe is not a verdict: a failure
+    streak becomes one only once it has lasted `consecutive_failures` checks AND `unhealthy_seconds`
+    (long enough for a pod to restart). A server still answering then is not rolled back without a
+    human (`decision_timeout_minutes`, no answer = keep the new version): a rollback loses what was
+    written since the upgrade."""
+
+    interval_seconds: float = 2
+    consecutive_failures: int = 3
+    unhealthy_seconds: float = 60
+    decision_timeout_minutes: float = 60
+
+    @classmethod
+    def read(cls, r: _Reader) -> WatchConfig:
+        config = cls(
+            interval_seconds=r.number("interval_seconds", cls.interval_seconds, minimum=0.1),
+            consecutive_failures=int(r.number("consecutive_failures", cls.consecutive_failures, minimum=1,
+                                              integer=True)),
+            unhealthy_seconds=r.number("unhealthy_seconds", cls.unhealthy_seconds, minimum=0),
+            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1),
+        )
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
 class CompatibilityConfig:
     """Client compatibility: the teams' requirement or lock files to check against the new server
     version, what an incompatible one does (fail the phase, or warn), and how many of the most
@@ -439,6 +465,10 @@ class TargetConfig:
     drain: DrainConfig
     compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    scratch_conn_id: str | None = None
+    """Another server (of production's database kind) for verification and rehearsal copies, so they
+    neither load nor fill production's server; production's own server when unset."""
     source: str = ""
 
     @property
@@ -462,12 +492,16 @@ class TargetConfig:
         upgrade.done()
         drain = DrainConfig.read(r.child("drain", required=False))
         compatibility = CompatibilityConfig.read(r.child("compatibility", required=False))
+        watch = WatchConfig.read(r.child("watch", required=False))
+        scratch = r.child("scratch", required=False)
+        scratch_conn_id = scratch.text("conn_id", pattern=CONN_ID) if scratch.data else None
+        scratch.done()
         envs = r.child("environments")
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
         envs.done()
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
-                     compatibility, environments, r.source)
+                     compatibility, environments, watch, scratch_conn_id, r.source)
         target.check_database_kinds(r)
         return target
 

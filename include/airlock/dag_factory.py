@@ -25,6 +25,7 @@ from airlock.operators import (
     DrainSensor,
     MigrationJobSensor,
     RdsSnapshotSensor,
+    RollbackDecisionOperator,
     RolloutSensor,
     UpgradeApprovalOperator,
 )
@@ -34,6 +35,10 @@ RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
 """For tasks that only read or that are idempotent by construction."""
 NO_RETRY = {"retries": 0}
 """For tasks that change a server: a failure goes straight to the rollback path instead."""
+BACKOFF = {"retries": 4, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": 2.0,
+           "max_retry_delay": timedelta(minutes=5)}
+"""For the tasks that decide and roll back: idempotent, and the worst time to give up on one
+transient error (an S3 blip, a reset from Kubernetes). A verdict (UpgradeError) is never retried."""
 GOOD_OUTCOMES = ("upgraded", "nothing_to_do", "planned")
 
 
@@ -43,7 +48,10 @@ def timed(step):
     @functools.wraps(step)
     def wrapper(*args, **kwargs):
         started = now_iso()
-        result = step(*args, **kwargs)
+        try:
+            result = step(*args, **kwargs)
+        except steps.UpgradeError as verdict:  # says what happened and what to do: no retry changes it
+            raise AirflowFailException(str(verdict)) from None
         result = dict(result) if isinstance(result, dict) else {"value": result}
         return {**result, "_started_at": started, "_finished_at": now_iso()}
 
@@ -137,6 +145,25 @@ DRAIN_DECISION_BODY = """**Runs still going on ENV** after
   nothing stopped.
 - **Proceed anyway**: stop the server now; the runs above WILL BE INTERRUPTED.
 - **Abort**: stop the upgrade here; nothing was stopped. This is what happens if nobody answers.
+"""
+
+
+ROLLBACK_DECISION_BODY = """**Production failed its watch** after the upgrade to
+{{ ti.xcom_pull(task_ids='preflight.plan')['to'] }} and still answers. A rollback restores the backup
+taken before the migration ({{ ti.xcom_pull(task_ids='conclude.assess_rollback')['final_backup_id'] }}); what
+was written since is kept in a post-upgrade backup set first, but it will NOT be in the restored database.
+
+Written since the upgrade:
+{% set assessed = ti.xcom_pull(task_ids='conclude.assess_rollback') %}{% if assessed['unknown'] %}
+- unknown: {{ assessed['unknown'] }}
+{% endif %}{% for t in assessed['tables'] %}- `{{ t['table'] }}`: {{ t['rows_before'] }} → {{ t['rows_now'] }} rows{{
+' (a table of the new version)' if t['new_table'] else '' }}
+{% else %}- nothing: no table changed
+{% endfor %}
+- **Roll back**: the old version and the pre-upgrade data; the writes above are lost from the live database.
+- **Keep the new version and investigate**: nothing is restored; the marker stays, so clearing this
+  gate (`conclude.rollback_decision`) and answering Roll back still works later. This is what happens if
+  nobody answers.
 """
 
 
@@ -277,7 +304,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             go >> [*pause_staging, staging_chain[0]]
             pause_staging >> staging_chain[0]
             staging_rollback = step_task("rollback_staging", lambda: steps.rollback(staging_env(), run_id()),
-                                         trigger_rule="one_failed")
+                                         retry=BACKOFF, trigger_rule="one_failed")
             staging_chain >> staging_rollback
             staging_finished = step_task("finish_staging", lambda: steps.finish(staging_env(), run_id()))
             staging_chain[-1] >> staging_finished
@@ -321,21 +348,22 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
             production_chain[-1] >> watched
 
         with TaskGroup("conclude"):
-            @task.branch(task_id="decide", trigger_rule="all_done", **NO_RETRY)
+            @task.branch(task_id="decide", trigger_rule="all_done", **BACKOFF)
             def decide():
                 ti = get_current_context()["ti"]
                 if steps.run_marker(open_store(target, "production"), run_id()) is None:
                     return "conclude.report"
                 if ti.xcom_pull(task_ids="production_upgrade.watch"):
                     return "conclude.finish"
-                return "conclude.rollback_production"
+                return "conclude.assess_rollback"
 
             @task(task_id="report", trigger_rule="all_done", **NO_RETRY)
             def report():
                 context = get_current_context()
                 ti = context["ti"]
                 results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in dag.task_ids}
-                for gate in ("uat.approval", "staging_upgrade.drain_decision", "production_upgrade.drain_decision"):
+                for gate in ("uat.approval", "staging_upgrade.drain_decision", "production_upgrade.drain_decision",
+                             "conclude.rollback_decision"):
                     results[gate] = ti.xcom_pull(task_ids=gate, key="decision")
                 stores = {name: open_store(target, name) for name in ("staging", "production")}
                 results["_half_upgraded"] = {name: store.marker_location() for name, store in stores.items()
@@ -354,20 +382,34 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                                                f"{record['detail']}{paused_note} (upgrade log: {table})")
                 return record
 
-            finished = step_task("finish", lambda: steps.finish(production_env(), run_id()))
-            rolled_back = step_task("rollback_production", lambda: steps.rollback(production_env(), run_id()))
+            finished = step_task("finish", lambda: steps.finish(production_env(), run_id()), retry=BACKOFF)
+            assessed = step_task("assess_rollback", lambda: steps.assess_rollback(production_env(), run_id()),
+                                 retry=RETRY)
+            rollback_decision = RollbackDecisionOperator(
+                task_id="rollback_decision", assess_task_id="conclude.assess_rollback",
+                rollback_task_id="conclude.rollback_production", keep_task_id="conclude.keep_new_version",
+                subject=f"{target.name} production failed its watch after the upgrade. Roll back or keep it?",
+                body=ROLLBACK_DECISION_BODY,
+                assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
+                response_timeout=timedelta(minutes=target.watch.decision_timeout_minutes), **NO_RETRY)
+            rolled_back = step_task("rollback_production", lambda: steps.rollback(production_env(), run_id()),
+                                    retry=BACKOFF)
+            kept = step_task("keep_new_version", lambda: steps.keep_new_version(
+                production_env(), run_id(),
+                get_current_context()["ti"].xcom_pull(task_ids="conclude.rollback_decision", key="decision")))
             reported = report()
             branch = decide()
             [*production_chain, watched] >> branch  # a production abort ends here too (all_done)
             retention = step_task("retention", lambda: steps.retention([staging_env(), production_env()]),
                                   retry=RETRY, trigger_rule="all_done")
-            branch >> [finished, rolled_back, reported]
-            [finished, rolled_back] >> retention >> reported
+            branch >> [finished, assessed, reported]
+            assessed >> rollback_decision >> [rolled_back, kept]
+            [finished, rolled_back, kept] >> retention >> reported
             followed_up = step_task("follow_ups", lambda plan_: steps.follow_ups(production_env(), plan_), planned,
                                     retry=RETRY)
             finished >> followed_up >> reported
             for unpause in unpause_production:
-                [finished, rolled_back] >> unpause >> retention
+                [finished, rolled_back, kept] >> unpause >> retention
             # the report is the only leaf: it decides the run's state
             [staging_rollback, *unpause_staging] >> reported
     return dag

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig, loopback_or
-from airlock.databases.base import Database
+from airlock.databases.base import Database, ServerParams
 from airlock.drivers import Driver
 from airlock.platforms.base import PlatformAdapter
 from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS, load_class
@@ -18,14 +18,19 @@ from airlock.stores.local import LocalBackupStore
 DatabaseResolver = Callable[[DatabaseConfig], Database]
 
 
-def airflow_database(config: DatabaseConfig) -> Database:
-    """A server database whose credentials come from an Airflow connection (at run time only)."""
+def airflow_database(config: DatabaseConfig, scratch_conn_id: str | None = None) -> Database:
+    """A server database whose credentials come from an Airflow connection (at run time only), with
+    its scratch copies on the server of `scratch_conn_id` when one is given."""
     from airlock.airflow_connections import connection_fields
 
-    host, port, user, password = connection_fields(config.conn_id or "")
     database_class = load_class(DATABASE_KINDS, config.kind)
-    return database_class.from_fields(host, port or database_class.default_port, user, password,
-                                      config.database or "")
+
+    def server(conn_id: str, database: str) -> ServerParams:
+        host, port, user, password = connection_fields(conn_id)
+        return ServerParams(host, port or database_class.default_port, user, password, database)
+
+    scratch = server(scratch_conn_id, "scratch") if scratch_conn_id else None
+    return database_class(server(config.conn_id or "", config.database or ""), scratch_server=scratch)
 
 
 def database_identity(config: DatabaseConfig) -> tuple | None:
@@ -62,6 +67,17 @@ def open_database(config: DatabaseConfig, resolve: DatabaseResolver = airflow_da
     return resolve(config)
 
 
+def scratch_resolver(target: TargetConfig) -> DatabaseResolver:
+    """Airflow connections, with the target's scratch server for databases of production's kind."""
+    production_kind = target.environment("production").database.kind
+
+    def resolve(config: DatabaseConfig) -> Database:
+        scratch = target.scratch_conn_id if config.kind == production_kind else None
+        return airflow_database(config, scratch)
+
+    return resolve
+
+
 @dataclass
 class Environment:
     target: TargetConfig
@@ -85,10 +101,10 @@ def open_adapter(target: TargetConfig, name: str) -> PlatformAdapter:
     return load_class(PLATFORMS, target.platform)(target.environment(name).url)
 
 
-def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver = airflow_database) -> Environment:
+def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver | None = None) -> Environment:
     config = target.environment(name)
     adapter = open_adapter(target, name)
-    database = open_database(config.database, resolve)
+    database = open_database(config.database, resolve or scratch_resolver(target))
     driver = load_class(DRIVER_KINDS, config.driver.kind)(config, adapter, database)
     return Environment(target, config, adapter, database, driver, open_store(target, name))
 

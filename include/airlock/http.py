@@ -39,3 +39,15 @@ def request_text(url: str, *, timeout: float = 10) -> str:
         raise ServerError(f"GET {url} answered HTTP {error.code}") from None
     except (urllib.error.URLError, OSError) as error:
         raise ServerError(f"GET {url} did not answer: {getattr(error, 'reason', error)}") from None
+
+
+def answers(url: str, *, timeout: float = 5) -> bool:
+    """Whether anything answers HTTP at `url`, whatever the status (a 503 answers; a refused or
+    timed-out connection does not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False

@@ -9,7 +9,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBran
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airlock.triggers import PollTrigger, load_check
+from airlock.triggers import CheckFailed, PollTrigger, load_check
 
 
 class PollSensor(BaseOperator):
@@ -29,7 +29,13 @@ class PollSensor(BaseOperator):
         return event
 
     def execute(self, context):
-        result = load_check(self.check)(**self.check_kwargs())
+        try:
+            result = load_check(self.check)(**self.check_kwargs())
+        except CheckFailed:
+            raise
+        except Exception as error:
+            self.log.warning("first look failed (%s); waiting on, with backoff", error)
+            result = {"done": False}
         if result["done"]:
             return self.on_done({**result, "polls": 1})
         deadline = datetime.now(UTC) + timedelta(minutes=float(self.timeout_minutes))
@@ -185,4 +191,25 @@ class DrainDecisionOperator(RecordsDecision, HITLBranchOperator):
         if drained.get("drained"):
             self.log.info("drained: nothing to ask")
             return self.do_branch(context=context, branches_to_execute=[self.options_mapping[self.PROCEED]])
+        return super().execute(context)
+
+
+class RollbackDecisionOperator(RecordsDecision, HITLBranchOperator):
+    """After a failed watch: a server that no longer answers is rolled back without asking; one that
+    still answers is not, because a rollback loses what was written since the upgrade (listed in the
+    body). Nobody answering within `response_timeout` keeps the new version (nothing is lost)."""
+
+    ROLL_BACK, KEEP = "Roll back (lose the writes listed)", "Keep the new version and investigate"
+
+    def __init__(self, *, assess_task_id: str, rollback_task_id: str, keep_task_id: str, **kwargs):
+        super().__init__(options=[self.ROLL_BACK, self.KEEP], defaults=[self.KEEP],
+                         options_mapping={self.ROLL_BACK: rollback_task_id, self.KEEP: keep_task_id}, **kwargs)
+        self.assess_task_id = assess_task_id
+
+    def execute(self, context):
+        assessed = context["ti"].xcom_pull(task_ids=self.assess_task_id) or {}
+        if not assessed.get("answering", True):
+            self.log.warning("the server does not answer at all: rolling back without asking (what it wrote is "
+                             "kept in the post-upgrade backup first)")
+            return self.do_branch(context=context, branches_to_execute=[self.options_mapping[self.ROLL_BACK]])
         return super().execute(context)

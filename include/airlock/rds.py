@@ -8,6 +8,7 @@ client's configuration, stays the same.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -22,6 +23,14 @@ def snapshot_id_for(instance_id: str, run_id: str) -> str:
     """Deterministic per run (a retry finds its snapshot); letters, digits and single hyphens."""
     slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", run_id.lower())).strip("-")
     return f"airlock-{instance_id}-{slug}"[:255].rstrip("-")
+
+
+def instance_name(instance_id: str, role: str, suffix: str) -> str:
+    """<instance>-<role>-<8 hex of the run>: at most 63 characters, distinct for every run (a plain
+    truncation of a long id would give two runs the same name), no double or trailing hyphen."""
+    digest = hashlib.sha256(suffix.encode()).hexdigest()[:8]
+    head = re.sub(r"-+", "-", instance_id[:63 - len(role) - len(digest) - 2]).rstrip("-")
+    return f"{head}-{role}-{digest}"
 
 
 def client_for(aws_conn_id: str):
@@ -79,14 +88,36 @@ class RdsSnapshots:
                 raise RdsError(f"RDS instance {instance_id} not available after {timeout:.0f} s (now {state})")
             time.sleep(interval)
 
+    def restore_settings(self) -> dict:
+        """What the restored instance must share with the original so clients and operations see the
+        same server: network (subnet group, security groups, public access), parameter group, class,
+        storage type, Multi-AZ and tags. (A restore otherwise takes the account's defaults.)"""
+        original = self.instance(self.instance_id)
+        if original is None:
+            raise RdsError(f"RDS instance {self.instance_id} not found: nothing to restore it like")
+        settings = {
+            "DBInstanceClass": original.get("DBInstanceClass"),
+            "DBSubnetGroupName": (original.get("DBSubnetGroup") or {}).get("DBSubnetGroupName"),
+            "VpcSecurityGroupIds": [group["VpcSecurityGroupId"] for group in original.get("VpcSecurityGroups", [])],
+            "DBParameterGroupName": next((group["DBParameterGroupName"]
+                                          for group in original.get("DBParameterGroups", [])), None),
+            "MultiAZ": original.get("MultiAZ"),
+            "PubliclyAccessible": original.get("PubliclyAccessible"),
+            "StorageType": original.get("StorageType"),
+            "Tags": self.call(f"tags of {self.instance_id}", self.client.list_tags_for_resource,
+                              ResourceName=original["DBInstanceArn"]).get("TagList", []),
+        }
+        return {key: value for key, value in settings.items() if value not in (None, [])}
+
     def restore_and_swap(self, snapshot_id: str, suffix: str, timeout: float = 3600, interval: float = 15) -> dict:
-        """Restore the snapshot into a new instance and give it the original name. Idempotent: a
-        rerun after a partial swap continues where the last one stopped."""
-        restored, aside = f"{self.instance_id}-restored-{suffix}"[:63], f"{self.instance_id}-failed-{suffix}"[:63]
+        """Restore the snapshot into a new instance like the original and give it the original name.
+        Idempotent: a rerun after a partial swap continues where the last one stopped."""
+        restored, aside = (instance_name(self.instance_id, role, suffix) for role in ("restored", "failed"))
         if self.instance(aside) is None:  # not swapped yet
             if self.instance(restored) is None:
                 self.call(f"restore of {snapshot_id}", self.client.restore_db_instance_from_db_snapshot,
-                          DBInstanceIdentifier=restored, DBSnapshotIdentifier=snapshot_id)
+                          DBInstanceIdentifier=restored, DBSnapshotIdentifier=snapshot_id,
+                          **self.restore_settings())
             self.wait_available(restored, timeout, interval)
             self.call(f"rename of {self.instance_id}", self.client.modify_db_instance,
                       DBInstanceIdentifier=self.instance_id, NewDBInstanceIdentifier=aside, ApplyImmediately=True)

@@ -25,14 +25,16 @@ from airlock.backups import (
 )
 from airlock.clients import FAILING, judge_file
 from airlock.config import TargetConfig
+from airlock.databases.base import TableStats
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment, shared_databases
+from airlock.http import answers
 from airlock.platforms.base import PlatformAdapter
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
 from airlock.stores.base import VERIFICATION, BackupStore
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
-PREPARE, FINAL = "prepare", "final"
+PREPARE, FINAL, POST_UPGRADE = "prepare", "final", "post-upgrade"
 log = logging.getLogger("airlock.steps")
 
 
@@ -211,10 +213,10 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
     prepare_id = verified_prepare_backup(env, run_id, "stop")
     marker = marker_of_run(env, run_id)
     if marker is None:
-        fingerprint = env.adapter.fingerprint()
+        fingerprint, tables = steady_fingerprint(env)
         marker = {"run_id": run_id, "environment": env.name, "from_version": env_plan["current"],
                   "to_version": env_plan["target"], "fingerprint": fingerprint.to_dict(),
-                  "prepare_backup_id": prepare_id, "migration_started": False,
+                  "fingerprint_tables": tables, "prepare_backup_id": prepare_id, "migration_started": False,
                   "attempt": next_attempt(env.store, env.name, run_id), "deployment": env.driver.snapshot()}
     marker["last_answered_at"] = now_iso() if env.adapter.is_healthy() else marker.get("last_answered_at")
     env.store.mark_in_progress(marker)
@@ -223,6 +225,21 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
     env.store.mark_in_progress(marker)
     return {"fingerprint": marker["fingerprint"], "stop": stopped, "stopped_at": marker["stopped_at"],
             "last_answered_at": marker["last_answered_at"]}
+
+
+def steady_fingerprint(env: Environment, tries: int = 5) -> tuple:
+    """The platform's fingerprint, and the database's table statistics it describes: read between two
+    equal statistics, so no write landed while the API was read."""
+    before = env.database.table_stats()
+    for _ in range(tries):
+        fingerprint = env.adapter.fingerprint()
+        after = env.database.table_stats()
+        if after == before:
+            return fingerprint, after
+        before = after
+    raise UpgradeError(f"{env.name} kept changing while its fingerprint was read ({tries} tries): something still "
+                       "writes to it after the drain (a client retrying, a user in the UI). Nothing was stopped. "
+                       "Find it, then clear this task.")
 
 
 def final_backup_id(environment: str, run_id: str, attempt: int) -> str:
@@ -250,10 +267,43 @@ def final_backup(env: Environment, run_id: str) -> dict:
         raise UpgradeError(f"refusing to back up {env.name} again: its migration has started and the backup "
                            f"{final_id} taken before it is not verified; roll back from "
                            f"{marker['prepare_backup_id']} by hand")
-    result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id)
+    for _ in range(REFINGERPRINT_ROUNDS):
+        result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id)
+        changed = changed_tables(marker.get("fingerprint_tables"), read_manifest(env.store, final_id).tables)
+        if not changed or marker.get("migration_started"):
+            break
+        refingerprint(env, marker, final_id, changed)
+    else:
+        raise UpgradeError(f"{env.name}: writes kept landing between the fingerprint and the stop "
+                           f"({REFINGERPRINT_ROUNDS} rounds); the old version is stopped and nothing was migrated. "
+                           "Find what still writes after the drain, then clear this task.")
     marker["final_backup_id"] = result["backup_id"]
     env.store.mark_in_progress(marker)
-    return result
+    return {**result, "fingerprint_describes_backup": True}
+
+
+REFINGERPRINT_ROUNDS = 3
+
+
+def changed_tables(expected: TableStats | None, actual: TableStats) -> list[str]:
+    """Tables whose statistics differ (none when there is nothing to compare with: an older marker)."""
+    if expected is None:
+        return []
+    return sorted(table for table in set(expected) | set(actual) if expected.get(table) != actual.get(table))
+
+
+def refingerprint(env: Environment, marker: dict, final_id: str, changed: list[str]) -> None:
+    """Writes landed after the fingerprint and before the stop (tables `changed`), so the fingerprint
+    does not describe the backup: start the old version again, fingerprint it, stop, back up again.
+    (Nothing is migrated yet, so the old version may serve.)"""
+    log.warning("%s: written after the fingerprint and before the stop: %s; taking the fingerprint again",
+                env.name, ", ".join(changed))
+    env.driver.restore(marker["from_version"], marker.get("deployment") or {})
+    fingerprint, tables = steady_fingerprint(env)
+    marker.update(fingerprint=fingerprint.to_dict(), fingerprint_tables=tables)
+    env.store.mark_in_progress(marker)
+    env.driver.stop()
+    env.store.delete(final_id)
 
 
 def rds_snapshots(env: Environment) -> RdsSnapshots:
@@ -289,7 +339,7 @@ def migrate(env: Environment, run_id: str) -> dict:
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)
     version = marker["to_version"]
-    return {"to_version": version, **env.driver.launch_migration(version)}
+    return {"to_version": version, **env.driver.launch_migration(version, marker.get("attempt", 1))}
 
 
 def start(env: Environment, run_id: str) -> dict:
@@ -363,16 +413,77 @@ def verify_fingerprint(env: Environment, run_id: str) -> dict:
     return {"fingerprint": after, "equal_to_pre_upgrade": True}
 
 
-def watch(env: Environment, plan_: dict, seconds: float, interval: float = 2.0) -> dict:
-    """Keep checking health and version for a while after the upgrade; any failure → roll back."""
+def watch(env: Environment, plan_: dict, seconds: float) -> dict:
+    """Check health and version for `seconds` after the upgrade, judging over a window: a failure
+    streak is a verdict only once it has lasted the target's `watch.consecutive_failures` checks and
+    `watch.unhealthy_seconds` (a pod restarting is not a failed upgrade). A streak still open when
+    the time is up is watched until it recovers or becomes a verdict."""
+    settings = env.target.watch
     deadline = time.monotonic() + seconds
-    checks = 0
+    checks, failures, streak_started, recovered = 0, 0, None, []
     while True:
-        check_health(env, plan_)
         checks += 1
-        if time.monotonic() >= deadline:
-            return {"checks": checks, "seconds": seconds}
-        time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+        try:
+            check_health(env, plan_)
+            if streak_started is not None:
+                recovered.append(round(time.monotonic() - streak_started, 1))
+                log.warning("%s recovered after %.1f s unhealthy: not a verdict", env.name, recovered[-1])
+            failures, streak_started = 0, None
+        except Exception as error:
+            failures += 1
+            streak_started = streak_started or time.monotonic()
+            unhealthy_for = time.monotonic() - streak_started
+            log.warning("%s check %d failed (%d in a row, %.1f s unhealthy): %s", env.name, checks, failures,
+                        unhealthy_for, error)
+            if failures >= settings.consecutive_failures and unhealthy_for >= settings.unhealthy_seconds:
+                raise UpgradeError(
+                    f"{env.name} has been unhealthy for {unhealthy_for:.0f} s ({failures} failed checks in a row) "
+                    f"after the upgrade to {plan_[env.name]['target']}: {error}. The rollback path takes over: a "
+                    "server that still answers is not rolled back without asking you (conclude.rollback_decision)"
+                ) from None
+        if time.monotonic() >= deadline and streak_started is None:
+            return {"checks": checks, "seconds": seconds, "recovered_after_seconds": recovered}
+        time.sleep(settings.interval_seconds)
+
+
+def assess_rollback(env: Environment, run_id: str) -> dict:
+    """What a rollback would cost, for the human deciding it: rows written since the upgrade, per
+    table (the live database against the final backup taken before the migration), and whether the
+    new server still answers at all (a server that does not is rolled back without asking)."""
+    marker = marker_of_run(env, run_id)
+    if marker is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run"}
+    answering = answers(env.config.url)
+    before = read_manifest(env.store, marker["final_backup_id"]).tables if marker.get("final_backup_id") else {}
+    try:
+        now = env.database.table_stats()
+    except Exception as error:
+        return {"answering": answering, "final_backup_id": marker.get("final_backup_id"), "tables": [],
+                "unknown": f"the database could not be read: {error}"}
+    return {"answering": answering, "final_backup_id": marker.get("final_backup_id"),
+            "tables": written_since(before, now), "unknown": None}
+
+
+def written_since(before: TableStats, now: TableStats) -> list[dict]:
+    """Tables whose data changed since `before` (rows then, rows now); new tables count in full."""
+    changed = []
+    for table in sorted(now):
+        then = before.get(table, {"rows": 0, "checksum": "0"})
+        if then["checksum"] != now[table]["checksum"] or then["rows"] != now[table]["rows"]:
+            changed.append({"table": table, "rows_before": int(then["rows"]), "rows_now": int(now[table]["rows"]),
+                            "new_table": table not in before})
+    return changed
+
+
+def keep_new_version(env: Environment, run_id: str, decision: dict | None) -> dict:
+    """On-call chose to keep the new version after a failed watch: nothing is restored. The marker
+    stays, so a rollback is still one clear of the decision away (it keeps what was written first)."""
+    marker = marker_of_run(env, run_id)
+    who = answered_by(decision) if decision else "nobody within the decision timeout (default: keep)"
+    log.warning("%s: keeping %s as %s decided; the marker stays at %s", env.name,
+                (marker or {}).get("to_version"), who, env.store.marker_location())
+    return {"environment": env.name, "kept": (marker or {}).get("to_version"), "decided_by": who,
+            "marker": env.store.marker_location()}
 
 
 def finish(env: Environment, run_id: str) -> dict:
@@ -397,6 +508,13 @@ def rollback(env: Environment, run_id: str) -> dict:
         return {"rolled_back": False, "reason": f"{env.name} was not touched by this run"}
     started = time.monotonic()
     env.driver.stop()
+    try:
+        kept = keep_post_upgrade_data(env, run_id, marker)
+    except Exception as error:
+        raise UpgradeError(f"{env.name}: NOTHING was restored: the database as the new version left it could not be "
+                           f"backed up first ({error}). The server is stopped. Fix that and clear this task; to roll "
+                           f"back without keeping what was written since the upgrade, restore "
+                           f"{marker.get('final_backup_id')} by hand.") from None
     restored = None
     rds = env.config.database.rds
     if marker.get("migration_started") and rds and rds.rollback == "snapshot":
@@ -418,4 +536,21 @@ def rollback(env: Environment, run_id: str) -> dict:
             f"{env.store.marker_path()}")
     env.store.clear_in_progress(run_id)
     return {"rolled_back": True, "version": served, "restored": restored, "fingerprint_equal": True,
-            "healthy_at": now_iso(), "seconds": round(time.monotonic() - started, 3)}
+            "post_upgrade_backup": kept, "healthy_at": now_iso(), "seconds": round(time.monotonic() - started, 3)}
+
+
+def keep_post_upgrade_data(env: Environment, run_id: str, marker: dict) -> dict | None:
+    """Before a database that has served the new version is restored over, back it up as it is (the
+    "post-upgrade" set): what was written since the upgrade is kept, and the report names it."""
+    if not marker.get("migration_started"):
+        return None
+    backup_id = f"{backup_id_for(env.name, POST_UPGRADE, run_id)}--a{marker.get('attempt', 1)}"
+    result = backup(env, POST_UPGRADE, run_id, marker["to_version"], backup_id=backup_id)
+    final = read_manifest(env.store, marker["final_backup_id"]).tables if marker.get("final_backup_id") else {}
+    written = written_since(final, read_manifest(env.store, backup_id).tables)
+    marker["post_upgrade_backup_id"] = backup_id
+    env.store.mark_in_progress(marker)
+    log.warning("%s: the database as the new version left it is kept in %s (%s); tables changed since the "
+                "upgrade: %s", env.name, backup_id, result["location"],
+                ", ".join(f"{t['table']} {t['rows_before']}→{t['rows_now']}" for t in written) or "none")
+    return {"backup_id": backup_id, "location": result["location"], "written_since_upgrade": written}

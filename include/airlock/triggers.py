@@ -13,6 +13,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airlock.registry import PLATFORMS, load_class
 
 
+class CheckFailed(RuntimeError):
+    """A check's verdict (a snapshot that failed, a Job that vanished): fails the wait at once. Any
+    other exception is taken as transient (a reset, a 500, a timeout) and retried with backoff."""
+
+
+MAX_CONSECUTIVE_ERRORS = 6
+"""Transient errors in a row a wait rides out (backing off up to BACKOFF_CAP_SECONDS) before failing."""
+BACKOFF_CAP_SECONDS = 60.0
+
+
 def drain_check(platform: str, url: str, stale_after_minutes: float) -> dict:
     """Done when no active run is left; stale runs are reported but not waited for."""
     adapter = load_class(PLATFORMS, platform)(url)
@@ -24,11 +34,11 @@ def drain_check(platform: str, url: str, stale_after_minutes: float) -> dict:
 
 def snapshot_check(aws_conn_id: str, instance_id: str, snapshot_id: str) -> dict:
     """Done when the RDS snapshot is available; a failed or vanished snapshot is an error."""
-    from airlock.rds import RdsError, RdsSnapshots, client_for
+    from airlock.rds import RdsSnapshots, client_for
 
     status = RdsSnapshots(client_for(aws_conn_id), instance_id).snapshot_status(snapshot_id)
     if status in ("failed", "incompatible-restore", "missing"):
-        raise RdsError(f"RDS snapshot {snapshot_id} of {instance_id} is {status}")
+        raise CheckFailed(f"RDS snapshot {snapshot_id} of {instance_id} is {status}")
     return {"done": status == "available", "status": status, "snapshot": snapshot_id}
 
 
@@ -39,7 +49,9 @@ def load_check(path: str):
 
 class PollTrigger(BaseTrigger):
     """Calls `check(**kwargs)` (a "module:function" path) every `poll_interval` seconds until it
-    returns done, raises, or `deadline` passes; fires "done", "error" or "timeout"."""
+    returns done, raises CheckFailed, fails MAX_CONSECUTIVE_ERRORS times in a row (each transient
+    error backs off: 2, 4, 8 … poll intervals), or `deadline` passes; fires "done", "error" or
+    "timeout"."""
 
     def __init__(self, check: str, kwargs: dict[str, Any], poll_interval: float, deadline: str):
         super().__init__()
@@ -51,14 +63,26 @@ class PollTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
-        check, polls = load_check(self.check), 0
+        check, polls, errors = load_check(self.check), 0, 0
         while True:
             polls += 1
             try:
                 result = await asyncio.to_thread(check, **self.kwargs)
-            except Exception as error:  # the sensor turns it into a task failure with this message
+                errors = 0
+            except CheckFailed as error:  # the sensor turns it into a task failure with this message
                 yield TriggerEvent({"status": "error", "message": str(error), "polls": polls})
                 return
+            except Exception as error:
+                errors += 1
+                if errors >= MAX_CONSECUTIVE_ERRORS or datetime.now(UTC) >= deadline:
+                    yield TriggerEvent({"status": "error", "polls": polls,
+                                        "message": f"{error} (failed {errors} times in a row)"})
+                    return
+                backoff = min(self.poll_interval * 2 ** errors, BACKOFF_CAP_SECONDS)
+                self.log.warning("%s failed (%s), %d in a row; trying again in %.0f s", self.check, error, errors,
+                                 backoff)
+                await asyncio.sleep(backoff)
+                continue
             if result["done"]:
                 yield TriggerEvent({**result, "status": "done", "polls": polls})
                 return

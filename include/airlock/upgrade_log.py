@@ -49,10 +49,24 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
     if results.get("compatibility.proceed") is False:
         return "planned", f"plan-only run: {plan['production']['description']}; nothing was touched"
     if prod_rollback.get("rolled_back"):
+        kept = prod_rollback.get("post_upgrade_backup") or {}
+        kept_note = (f"; what production wrote since the upgrade is kept in {kept['backup_id']} ({kept['location']})"
+                     if kept else "")
         return "rolled_back", (f"production rolled back to {prod_rollback['version']}; "
-                               "database restored and fingerprint equal to before")
+                               f"database restored and fingerprint equal to before{kept_note}")
     if finished.get("finished"):
         return "upgraded", f"production upgraded {plan['from']} → {plan['to']}"
+    kept_version = results.get("conclude.keep_new_version") or {}
+    if kept_version.get("kept"):
+        return "kept_after_failed_watch", (
+            f"production failed its watch and KEEPS {kept_version['kept']} as {kept_version['decided_by']} decided; "
+            f"investigate. The marker {kept_version['marker']} stays: to roll back later, clear "
+            "conclude.rollback_decision and answer Roll back (what was written is backed up first); once production "
+            "is sound, clear conclude.finish")
+    if results.get("production_upgrade.watch") and "production" in (results.get("_half_upgraded") or {}):
+        return "finish_failed", (f"production runs {plan['to']} and passed its watch; only conclude.finish failed, so "
+                                 f"the marker {results['_half_upgraded']['production']} is still there: clear "
+                                 "conclude.finish (nothing needs rolling back)")
     aborted = [env for env in ("staging", "production")
                if (results.get(f"{env}_upgrade.drain_decision") or {}).get("chosen_options") == ["Abort"]]
     if aborted:

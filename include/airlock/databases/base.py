@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -79,7 +80,14 @@ class Database(ABC):
 
     @abstractmethod
     def scratch(self, label: str) -> Database:
-        """A throw-away database of the same kind to restore into for verification."""
+        """A throw-away database of the same kind to restore into for verification (on the scratch
+        server, when one is set); scratch copies of the same label and source that a dead worker left
+        are dropped first."""
+
+    def scratch_prefix(self, label: str) -> str:
+        """airlock_verify_<label>_<6 hex of where this database is>_: what a later run looks for."""
+        source = hashlib.sha256(self.describe().encode()).hexdigest()[:6]
+        return f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:16]}_{source}_"
 
     @abstractmethod
     def drop(self) -> None: ...
@@ -107,7 +115,8 @@ class Database(ABC):
         needs = {Path(tempfile.gettempdir()): plain_bytes} if self.restores_through_files(facts) else {}
         data_dir = self.data_directory()
         if data_dir is not None:
-            needs[data_dir] = needs.get(data_dir, 0) + int(plain_bytes * 1.2)
+            on_server = max(int(plain_bytes * 1.2), int(facts.get("disk_bytes") or 0))
+            needs[data_dir] = needs.get(data_dir, 0) + on_server
         for where, size in needs.items():
             free = shutil.disk_usage(where).free
             if free < size:

@@ -6,6 +6,7 @@ duration of the command, never through argv or a shell.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 MysqlParams = ServerParams
+log = logging.getLogger("airlock.backup")
 
 
 def quote_identifier(name: str) -> str:
@@ -130,17 +132,14 @@ class MysqlDatabase(Database):
     kind = "mysql"
     default_port = 3306
 
-    @classmethod
-    def from_fields(cls, host: str, port: int, user: str, password: str, database: str) -> MysqlDatabase:
-        return cls(MysqlParams(host, port, user, password, database))
-
-    def __init__(self, params: MysqlParams, tool: str | None = None):
-        """`tool`: "mydumper" or "mysqldump"; by default mydumper where it and myloader are installed."""
+    def __init__(self, params: MysqlParams, tool: str | None = None, scratch_server: MysqlParams | None = None):
+        """`tool`: "mydumper" or "mysqldump"; by default mydumper where it and myloader are installed.
+        `scratch_server`: where verification and rehearsal copies go (this server by default)."""
         if not SAFE_NAME.match(params.database):
             raise DatabaseError(f"database name {params.database!r} must match {SAFE_NAME.pattern}")
         if tool not in (None, "mydumper", "mysqldump"):
             raise DatabaseError(f"unknown dump tool {tool!r} (mydumper or mysqldump)")
-        self.params, self.tool = params, tool
+        self.params, self.tool, self.scratch_server = params, tool, scratch_server
 
     def describe(self) -> str:
         p = self.params
@@ -230,7 +229,21 @@ class MysqlDatabase(Database):
             rows = self.query(conn, "SELECT version_num FROM alembic_version")
             schema = rows[0][0] if rows else None
         return {"server_version": self.query(conn, "SELECT VERSION()")[0][0], "schema_version": schema,
-                "charset": charset, "collation": collation}
+                "charset": charset, "collation": collation, "disk_bytes": self.disk_bytes(conn)}
+
+    def disk_bytes(self, conn) -> int:
+        """How much disk the database takes on its server (what a restored copy beside it needs):
+        the InnoDB files' allocated size, or the table statistics where those are not listed."""
+        try:
+            allocated = self.query(conn, "SELECT COALESCE(SUM(ALLOCATED_SIZE), 0) FROM "
+                                         "information_schema.INNODB_SYS_TABLESPACES WHERE NAME LIKE %s",
+                                   (self.params.database.replace("_", r"\_") + "/%",))[0][0]
+        except DatabaseError:  # MySQL 8 names it INNODB_TABLESPACES; RDS may hide it
+            allocated = 0
+        if allocated:
+            return int(allocated)
+        return int(self.query(conn, "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM "
+                                    "information_schema.TABLES WHERE TABLE_SCHEMA = %s", (self.params.database,))[0][0])
 
     def consistent_dump(self, dump: Callable[[Callable[[str], None]], None],
                         progress_dir: Path | None = None) -> tuple[TableStats, dict]:
@@ -466,8 +479,16 @@ class MysqlDatabase(Database):
                                      f"{quote_identifier(name)}")
 
     def scratch(self, label: str) -> MysqlDatabase:
-        name = f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:24]}_{uuid.uuid4().hex[:8]}"
-        return MysqlDatabase(replace(self.params, database=name), self.tool)
+        prefix = self.scratch_prefix(label)
+        server = MysqlDatabase(replace(self.scratch_server or self.params, database="mysql"), self.tool)
+        with server.connect(database=None) as conn:
+            pattern = prefix.replace("_", r"\_") + "%"
+            stale = [row[0] for row in server.query(
+                conn, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", (pattern,))]
+            for name in stale:
+                log.warning("dropping %s, a scratch copy an earlier try left on %s", name, server.describe())
+                server.query(conn, f"DROP DATABASE IF EXISTS {quote_identifier(name)}")
+        return MysqlDatabase(replace(server.params, database=f"{prefix}{uuid.uuid4().hex[:8]}"), self.tool)
 
     def drop(self) -> None:
         with self.connect(database=None) as conn:

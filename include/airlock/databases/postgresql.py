@@ -8,6 +8,7 @@ The password reaches the tools through a private 0600 password file, never argv 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -45,20 +46,18 @@ MAINTENANCE_DB = "postgres"
 
 
 PostgresParams = ServerParams
+log = logging.getLogger("airlock.backup")
 
 
 class PostgresDatabase(Database):
     kind = "postgresql"
     default_port = 5432
 
-    @classmethod
-    def from_fields(cls, host: str, port: int, user: str, password: str, database: str) -> PostgresDatabase:
-        return cls(PostgresParams(host, port, user, password, database))
-
-    def __init__(self, params: PostgresParams):
+    def __init__(self, params: PostgresParams, scratch_server: PostgresParams | None = None):
+        """`scratch_server`: where verification and rehearsal copies go (this server by default)."""
         if not SAFE_NAME.match(params.database):
             raise DatabaseError(f"database name {params.database!r} must match {SAFE_NAME.pattern}")
-        self.params = params
+        self.params, self.scratch_server = params, scratch_server
 
     def describe(self) -> str:
         p = self.params
@@ -152,7 +151,8 @@ class PostgresDatabase(Database):
         encoding = self.query(conn, "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s",
                               (self.params.database,))[0][0]
         return {"server_version": self.query(conn, "SHOW server_version")[0][0], "schema_version": schema,
-                "encoding": encoding, "tool": "pg_dump"}
+                "encoding": encoding, "tool": "pg_dump",
+                "disk_bytes": int(self.query(conn, "SELECT pg_database_size(%s)", (self.params.database,))[0][0])}
 
     def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
         out = directory / DUMP_DIR
@@ -281,8 +281,15 @@ class PostgresDatabase(Database):
                 database, sql.Identifier(key), sql.Literal(value)))
 
     def scratch(self, label: str) -> PostgresDatabase:
-        name = f"airlock_verify_{re.sub(r'[^a-z0-9]', '', label.lower())[:24]}_{uuid.uuid4().hex[:8]}"
-        return PostgresDatabase(replace(self.params, database=name))
+        prefix = self.scratch_prefix(label)
+        server = PostgresDatabase(replace(self.scratch_server or self.params, database=MAINTENANCE_DB))
+        with server.connect(MAINTENANCE_DB) as conn:
+            stale = [row[0] for row in server.query(conn, "SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                                    (prefix.replace("_", r"\_") + "%",))]
+            for name in stale:
+                log.warning("dropping %s, a scratch copy an earlier try left on %s", name, server.describe())
+                server.query(conn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        return PostgresDatabase(replace(server.params, database=f"{prefix}{uuid.uuid4().hex[:8]}"))
 
     def drop(self) -> None:
         with self.connect(MAINTENANCE_DB) as conn:

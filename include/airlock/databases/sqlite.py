@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import tempfile
@@ -131,7 +132,10 @@ class SqliteDatabase(Database):
         return stats_of(self.path)
 
     def scratch(self, label: str) -> SqliteDatabase:
-        directory = tempfile.mkdtemp(prefix=f"airlock-verify-{label}-")
+        prefix = self.scratch_prefix(label).replace("_", "-")
+        for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a worker that died verifying
+        directory = tempfile.mkdtemp(prefix=prefix)
         return SqliteDatabase(Path(directory) / "scratch.sqlite")
 
     def drop(self) -> None:

@@ -21,7 +21,7 @@ class Driver(Protocol):
         """Run `version`'s migration on another database (the rehearsal on a restored copy)."""
     def start(self, version: str) -> dict: ...
     def restore(self, version: str, state: dict) -> dict: ...
-    def launch_migration(self, version: str) -> dict:
+    def launch_migration(self, version: str, attempt: int = 1) -> dict:
         """Migrate the environment's database to `version`, or (Helm) start doing so and return:
         the DAG then waits for it with a deferrable sensor."""
 

@@ -59,6 +59,13 @@ def image_tag(values: dict, path: str) -> str | None:
     return str(node)
 
 
+def migration_job_name(base: str, version: str, attempt: int) -> str:
+    """<job>-<version>-a<attempt>, within Kubernetes' 63 characters (the base is shortened, never the
+    part that makes it unique)."""
+    tail = f"-{version.replace('.', '-')}-a{attempt}".lower()
+    return base[:63 - len(tail)].rstrip("-") + tail
+
+
 class HelmDriver:
     """The same interface as ProcessDriver, for a server deployed by a Helm chart."""
 
@@ -171,21 +178,23 @@ class HelmDriver:
         own database is migrated by the chart's Job: `launch_migration` and the DAG's sensor.)"""
         return self.local.migrate(version, database)
 
-    def launch_migration(self, version: str) -> dict:
-        """Create the migration Job (idempotent) and return at once: a deferrable sensor waits for it."""
-        job = self.migration_job(version)
+    def launch_migration(self, version: str, attempt: int = 1) -> dict:
+        """Create the migration Job (idempotent per attempt: a retry finds its Job, a re-run after a
+        rollback makes a new one and so migrates again) and return at once: a sensor waits for it."""
+        job = self.migration_job(version, attempt)
         name = self.kube.create_job(self.release.namespace, job)
         return {"job": name, "namespace": self.release.namespace, "image": job["spec"]["template"]["spec"][
             "containers"][0]["image"], "deferred": True}
 
-    def migration_job(self, version: str) -> dict:
-        """The chart's Job, rendered with the new image tag and `migration_values`, named for the version."""
+    def migration_job(self, version: str, attempt: int = 1) -> dict:
+        """The chart's Job, rendered with the new image tag and `migration_values`, named for the
+        version and the attempt."""
         values = release_values(self.release, version, self.config.migration_values)
         for text in self.helm.render(self.release, values).values():
             for document in yaml.safe_load_all(text):
                 if isinstance(document, dict) and document.get("kind") == "Job" and \
                         document["metadata"]["name"] == self.config.migration_job:
-                    document["metadata"]["name"] = f"{self.config.migration_job}-{version.replace('.', '-')}"
+                    document["metadata"]["name"] = migration_job_name(self.config.migration_job, version, attempt)
                     return document
         raise DriverError(f"{self.env.name}: chart {self.release.chart} renders no Job named "
                           f"{self.config.migration_job} with {self.config.migration_values}")

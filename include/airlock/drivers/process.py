@@ -198,7 +198,7 @@ class ProcessDriver:
                               f"{error}\n--- last lines of {self.log_file} ---\n{tail}") from None
         return {**record, "seconds_to_healthy": round(seconds, 3)}
 
-    def launch_migration(self, version: str) -> dict:
+    def launch_migration(self, version: str, attempt: int = 1) -> dict:
         """A local migration is short: it runs (and is waited for) inside the task."""
         return self.migrate(version)
 

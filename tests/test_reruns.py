@@ -1,0 +1,84 @@
+"""On-call re-runs an upgrade after a rollback: every stop of the server gets its own final backup,
+so a second rollback never restores data older than what was written between the two attempts."""
+
+from __future__ import annotations
+
+import pytest
+from airlock import steps
+from harness import NEW, OLD, log_a_run, make_scenario, seed, write_targets
+from services import connection_uri_for_airflow
+
+pytestmark = pytest.mark.integration
+RUN = "manual__rerun"
+PLAN = {"from": OLD, "to": NEW, "production": {"change": "major", "current": OLD, "target": NEW}}
+
+
+@pytest.fixture
+def production(tmp_path, mlflow_venvs, monkeypatch):
+    scenario = make_scenario("rerun", tmp_path, 5220, 5221)
+    targets = tmp_path / "targets.yaml"
+    write_targets(targets, [scenario])
+    monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(targets))
+    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_MYSQL", connection_uri_for_airflow())
+    env = scenario.env("production")
+    env.driver.start(OLD)
+    seed(scenario, "production")
+    yield env
+    env.driver.stop()
+    for db in scenario.databases.values():
+        db.drop()
+
+
+def upgrade_then_roll_back(env) -> dict:
+    """stop → final backup → migrate → start the new version → roll back (what a failed run does)."""
+    steps.freeze(env, RUN, PLAN)
+    final = steps.final_backup(env, RUN)
+    steps.migrate(env, RUN)
+    steps.start(env, RUN)
+    assert env.adapter.server_version() == NEW
+    rolled_back = steps.rollback(env, RUN)
+    assert rolled_back["version"] == OLD and env.adapter.server_version() == OLD
+    return final
+
+
+def test_a_rerun_after_a_rollback_backs_up_again_and_loses_nothing_written_in_between(production):
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    first = upgrade_then_roll_back(env)
+    written = log_a_run(env.config.url)  # a user works on the old version after the first rollback
+    with_new_run = env.adapter.fingerprint()
+
+    second = upgrade_then_roll_back(env)  # on-call clears the run from `stop`
+
+    assert second["backup_id"] != first["backup_id"]
+    assert steps.read_manifest(env.store, second["backup_id"]).tables["runs"]["rows"] == \
+        steps.read_manifest(env.store, first["backup_id"]).tables["runs"]["rows"] + 1
+    assert env.adapter.fingerprint().digest == with_new_run.digest  # the run logged in between is there
+    assert with_new_run.counts["runs"] == env.adapter.fingerprint().counts["runs"]
+    assert written
+
+
+def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production):
+    """A client writes after the fingerprint was read and before the server stopped (after "Proceed
+    anyway", a UI user, a client retrying): the final backup holds that write, so Airlock takes the
+    fingerprint again, and the healthy upgrade is proven equal instead of looking changed."""
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    real_stop, written = env.driver.stop, []
+
+    def write_then_stop():
+        if not written:
+            written.append(log_a_run(env.config.url))
+        return real_stop()
+
+    env.driver.stop = write_then_stop
+    steps.freeze(env, RUN, PLAN)
+    final = steps.final_backup(env, RUN)
+    assert written and final["fingerprint_describes_backup"]
+    marker = env.store.in_progress()
+    assert marker["fingerprint_tables"] == steps.read_manifest(env.store, final["backup_id"]).tables
+    steps.migrate(env, RUN)
+    steps.start(env, RUN)
+    assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
+    assert env.adapter.fingerprint().counts["runs"] == marker["fingerprint"]["counts"]["runs"]
+    assert steps.rollback(env, RUN)["fingerprint_equal"]
