@@ -16,7 +16,7 @@ test: deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: deps
-	$(VENV)/bin/ruff check include dags tests
+	$(VENV)/bin/ruff check include dags tests bench
 
 deps: system-deps $(STAMP)
 

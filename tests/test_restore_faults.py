@@ -26,11 +26,11 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 
 
-def grow(db, rows: int) -> None:
+def grow(db, rows: int, first_id: int = 1000) -> None:
     """Enough data that loading it takes a while (about 100 bytes a row)."""
     with db.connect() as conn:
-        for start in range(1000, 1000 + rows, 20000):
-            values = ",".join(f"({i}, 1, {i / 3}, NULL)" for i in range(start, min(start + 20000, 1000 + rows)))
+        for start in range(first_id, first_id + rows, 20000):
+            values = ",".join(f"({i}, 1, {i / 3}, NULL)" for i in range(start, min(start + 20000, first_id + rows)))
             db.query(conn, f"INSERT INTO metrics VALUES {values}")
             if isinstance(db, PostgresDatabase):
                 conn.commit() if not conn.autocommit else None
@@ -152,30 +152,37 @@ def test_restore_whose_connection_is_cut_leaves_the_old_data_and_a_rerun_ends_ex
     assert "added_by_migration" not in db.table_stats()
 
 
-RESTORE_SCRIPT = """
+WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
-from airlock.backups import restore_backup
-from airlock.stores.local import LocalBackupStore
+from airlock.backups import restore_backup, take_backup, verify_backup
 from airlock.databases.{module} import {cls}, ServerParams
+from airlock.stores.local import LocalBackupStore
+from test_backups import META
 db = {cls}(ServerParams(*{params!r}){extra})
-restore_backup(db, LocalBackupStore({root!r}, "t", "production"), "b1")
+store = LocalBackupStore({root!r}, "t", "production")
+{call}
 """
+
+
+def worker(db, store: LocalBackupStore, call: str) -> subprocess.Popen:
+    """A separate process (a task's worker) running `call` on this database and store."""
+    postgres = isinstance(db, PostgresDatabase)
+    p = db.params
+    script = WORKER.format(tests=str(REPO / "tests"), module="postgresql" if postgres else "mysql",
+                           cls="PostgresDatabase" if postgres else "MysqlDatabase",
+                           params=(p.host, p.port, p.user, p.password, p.database),
+                           extra="" if postgres else f", {db.tool!r}", root=str(store.base.parent.parent), call=call)
+    return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
 
 
 def test_worker_killed_during_a_restore_leaves_the_old_data_and_a_rerun_ends_exact(backed_up):
     """kill -9 of the process running the restore, mid-load; then the task is cleared and re-runs."""
     db, store, expected, migrated = backed_up
-    module, cls = ("postgresql", "PostgresDatabase") if isinstance(db, PostgresDatabase) else ("mysql", "MysqlDatabase")
-    p = db.params
-    script = RESTORE_SCRIPT.format(tests=str(REPO / "tests"), module=module, cls=cls,
-                                   params=(p.host, p.port, p.user, p.password, p.database),
-                                   extra="" if module == "postgresql" else f", {db.tool!r}",
-                                   root=str(store.base.parent.parent))
-    worker = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    restoring = worker(db, store, 'restore_backup(db, store, "b1")')
     assert wait_for_load(db, time.monotonic() + 60), "the restore never started loading"
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    os.killpg(restoring.pid, signal.SIGKILL)
+    restoring.wait()
     assert rows_of(db) == migrated
     restore_backup(db, store, "b1")
     assert rows_of(db) == expected
@@ -285,3 +292,23 @@ def test_a_live_backup_does_not_hold_writers_for_its_length(tmp_path, tool):
             f"a write waited {max(latencies):.2f} s during a {manifest.seconds} s backup"
     finally:
         db.drop()
+
+
+@pytest.mark.parametrize("backed_up", ["mydumper", "postgresql"], indirect=True)
+def test_worker_killed_during_a_backup_leaves_no_usable_set_and_a_rerun_completes(backed_up):
+    """kill -9 of the process taking a backup, mid-dump: no half set is ever offered, production is
+    untouched, and the task cleared afterwards takes a complete, verified set."""
+    db, store, _, _ = backed_up
+    grow(db, 200000, first_id=1_000_000)
+    before = rows_of(db)
+    backing_up = worker(db, store, 'take_backup(db, store, "b2", META)')
+    deadline = time.monotonic() + 60
+    while not any(store.path("b2").rglob("*")):  # the dump has started writing
+        assert time.monotonic() < deadline and backing_up.poll() is None, "the backup never started writing"
+        time.sleep(0.01)
+    os.killpg(backing_up.pid, signal.SIGKILL)
+    backing_up.wait()
+    assert "b2" not in store.backups()  # no manifest: never offered for a rollback
+    assert rows_of(db) == before
+    take_backup(db, store, "b2", META)  # the cleared task
+    assert verify_backup(db, store, "b2")["ok"] and "b2" in store.backups()

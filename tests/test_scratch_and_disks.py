@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,7 +20,7 @@ from airlock.environment import open_environment
 from airlock.stores.local import LocalBackupStore
 from services import TEST_PASSWORD, TEST_USER, PrivateMariadb, admin_connection, small_tmpfs
 from test_backups import META, fill, rows_of
-from test_restore_faults import REPO, grow
+from test_restore_faults import grow, worker
 
 pytestmark = pytest.mark.integration
 
@@ -84,30 +82,17 @@ def test_verification_copies_go_to_the_targets_scratch_server(tmp_path, private_
         production.drop()
 
 
-VERIFY_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from airlock.backups import verify_backup
-from airlock.databases.mysql import MysqlDatabase, ServerParams
-from airlock.stores.local import LocalBackupStore
-verify_backup(MysqlDatabase(ServerParams(*{params!r}), "mydumper"), LocalBackupStore({root!r}, "t", "production"), "b1")
-"""
-
-
 def test_a_scratch_copy_left_by_a_killed_worker_is_dropped_by_the_next_run(tmp_path, private_server):
     db = filled(private_server.params("mlflow"), rows=300000)
     store = LocalBackupStore(tmp_path / "backups", "t", "production")
     take_backup(db, store, "b1", META)
-    p = db.params
-    worker = subprocess.Popen([sys.executable, "-c", VERIFY_SCRIPT.format(
-        tests=str(REPO / "tests"), params=(p.host, p.port, p.user, p.password, p.database),
-        root=str(tmp_path / "backups"))], start_new_session=True)
+    verifying = worker(db, store, 'verify_backup(db, store, "b1")')
     deadline = time.monotonic() + 60
     while not [n for n in private_server.schemas() if n.startswith("airlock_verify_")]:
-        assert time.monotonic() < deadline and worker.poll() is None, "the verification never made its copy"
+        assert time.monotonic() < deadline and verifying.poll() is None, "the verification never made its copy"
         time.sleep(0.02)
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    os.killpg(verifying.pid, signal.SIGKILL)
+    verifying.wait()
     left = [n for n in private_server.schemas() if n.startswith("airlock_verify_")]
     assert left, "nothing was left behind: the kill came too late to test anything"
 

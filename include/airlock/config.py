@@ -466,6 +466,8 @@ class TargetConfig:
     compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    approval_timeout_minutes: float = 3 * 24 * 60
+    """How long the UAT gate waits for an approver; no answer by then is a Reject."""
     scratch_conn_id: str | None = None
     """Another server (of production's database kind) for verification and rehearsal copies, so they
     neither load nor fill production's server; production's own server when unset."""
@@ -493,6 +495,9 @@ class TargetConfig:
         drain = DrainConfig.read(r.child("drain", required=False))
         compatibility = CompatibilityConfig.read(r.child("compatibility", required=False))
         watch = WatchConfig.read(r.child("watch", required=False))
+        approval = r.child("approval", required=False)
+        approval_timeout_minutes = approval.number("timeout_minutes", 3 * 24 * 60, minimum=1)
+        approval.done()
         scratch = r.child("scratch", required=False)
         scratch_conn_id = scratch.text("conn_id", pattern=CONN_ID) if scratch.data else None
         scratch.done()
@@ -501,7 +506,7 @@ class TargetConfig:
         envs.done()
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
-                     compatibility, environments, watch, scratch_conn_id, r.source)
+                     compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, r.source)
         target.check_database_kinds(r)
         return target
 

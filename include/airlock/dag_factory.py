@@ -158,8 +158,10 @@ Written since the upgrade:
 - unknown: {{ assessed['unknown'] }}
 {% endif %}{% for t in assessed['tables'] %}- `{{ t['table'] }}`: {{ t['rows_before'] }} → {{ t['rows_now'] }} rows{{
 ' (a table of the new version)' if t['new_table'] else '' }}
-{% else %}- nothing: no table changed
-{% endfor %}
+{% else %}- no table has more or fewer rows
+{% endfor %}{% if assessed['rewritten'] %}- changed with the same number of rows (rewritten by the migration, or
+  rows updated): {{ assessed['rewritten'] | join(', ') }}
+{% endif %}
 - **Roll back**: the old version and the pre-upgrade data; the writes above are lost from the live database.
 - **Keep the new version and investigate**: nothing is restored; the marker stays, so clearing this
   gate (`conclude.rollback_decision`) and answering Roll back still works later. This is what happens if
@@ -334,7 +336,8 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                         "{{ ti.xcom_pull(task_ids='preflight.plan')['to'] }}?",
                 body="{{ ti.xcom_pull(task_ids='uat.summary') }}",
                 assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
-                response_timeout=timedelta(days=3),
+                defaults=["Reject"],  # nobody answering never upgrades production
+                response_timeout=timedelta(minutes=target.approval_timeout_minutes),
             )
             staging_finished >> summary(planned) >> approval
 

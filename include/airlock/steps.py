@@ -459,9 +459,11 @@ def assess_rollback(env: Environment, run_id: str) -> dict:
         now = env.database.table_stats()
     except Exception as error:
         return {"answering": answering, "final_backup_id": marker.get("final_backup_id"), "tables": [],
-                "unknown": f"the database could not be read: {error}"}
-    return {"answering": answering, "final_backup_id": marker.get("final_backup_id"),
-            "tables": written_since(before, now), "unknown": None}
+                "rewritten": [], "unknown": f"the database could not be read: {error}"}
+    changed = written_since(before, now)
+    return {"answering": answering, "final_backup_id": marker.get("final_backup_id"), "unknown": None,
+            "tables": [t for t in changed if t["rows_now"] != t["rows_before"]],
+            "rewritten": [t["table"] for t in changed if t["rows_now"] == t["rows_before"]]}
 
 
 def written_since(before: TableStats, now: TableStats) -> list[dict]:

@@ -90,6 +90,9 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
 
 
 def approver_of(gate: dict) -> str | None:
+    """Who answered a gate; a gate that timed out took its default, answered by nobody."""
+    if gate.get("chosen_options") and not gate.get("responded_by_user"):
+        return "nobody (no answer before the timeout)"
     user = gate.get("responded_by_user") or {}
     return user.get("name") or user.get("id")
 

@@ -30,7 +30,6 @@ TARGET = "mlflow_demo"
 DAG_ID = f"airlock_upgrade__{TARGET}"
 REPO = Path(__file__).resolve().parents[3]
 PORT = int(os.environ.get("AIRLOCK_DEMO_AIRFLOW_PORT", "8089"))
-API = f"http://127.0.0.1:{PORT}"
 PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
           "production_upgrade", "conclude")
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
@@ -58,34 +57,40 @@ def prepare_servers(data_dir: Path):
     return target, envs
 
 
-def airflow_env(home: Path) -> dict[str, str]:
+def api_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def airflow_env(home: Path, port: int) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)  # standalone starts `airflow ...` subcommands by name
+    api = api_url(port)
     return {**os.environ,
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__API__PORT": str(PORT),
-            "AIRFLOW__API__BASE_URL": API,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{API}/execution/",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": api,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
 
 
-def start_airflow(home: Path) -> subprocess.Popen:
+def start_airflow(home: Path, port: int = PORT) -> subprocess.Popen:
+    """`airflow standalone` (scheduler, triggerer, DAG processor, API server) on `port`."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "standalone.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], stdout=log,
-                               stderr=subprocess.STDOUT, env=airflow_env(home), start_new_session=True,
+                               stderr=subprocess.STDOUT, env=airflow_env(home, port), start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"airflow standalone exited ({process.returncode}); see {home / 'standalone.log'}")
         try:
-            request_text(f"{API}/api/v2/monitor/health", timeout=2)
-            say(f"Airflow is up at {API} (log: {home / 'standalone.log'})")
+            request_text(f"{api_url(port)}/api/v2/monitor/health", timeout=2)
+            say(f"Airflow is up at {api_url(port)} (log: {home / 'standalone.log'})")
             return process
         except ServerError:
             time.sleep(2)
@@ -112,25 +117,27 @@ def stop_airflow(process: subprocess.Popen) -> None:
 class AirflowApi:
     """The REST calls a person's tooling would make, authenticated as the admin user."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, port: int = PORT):
+        self.url = api_url(port)
         passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-        token = request_json("POST", f"{API}/auth/token", {"username": "admin", "password": passwords["admin"]})
+        token = request_json("POST", f"{self.url}/auth/token", {"username": "admin", "password": passwords["admin"]})
         self.headers = {"Authorization": f"Bearer {token['access_token']}"}
 
     def call(self, method: str, path: str, body: dict | None = None):
-        return request_json(method, f"{API}/api/v2{path}", body, headers=self.headers)
+        return request_json(method, f"{self.url}/api/v2{path}", body, headers=self.headers)
 
 
-def wait_for_dag(api: AirflowApi) -> None:
+def wait_for_dag(api: AirflowApi, dag_id: str = DAG_ID) -> None:
+    """Until the DAG processor has parsed the DAG; then unpause it."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            api.call("GET", f"/dags/{DAG_ID}")
-            api.call("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+            api.call("GET", f"/dags/{dag_id}")
+            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
             return
         except ServerError:
             time.sleep(3)
-    raise RuntimeError(f"{DAG_ID} was not parsed within 180 s; check `airflow dags list-import-errors`")
+    raise RuntimeError(f"{dag_id} was not parsed within 180 s; check `airflow dags list-import-errors`")
 
 
 def follow_run(api: AirflowApi, run_id: str) -> str:
@@ -170,7 +177,7 @@ def answer_gate(api: AirflowApi, run_id: str) -> None:
     detail = api.call("GET", path)
     say("The approval gate is waiting. Its body, as the approver sees it:")
     print("\n".join("    " + line for line in (detail.get("body") or "").splitlines()), flush=True)
-    say(f"A person would click Approve in the UI: {API} → Browse → Required Actions.")
+    say(f"A person would click Approve in the UI: {api.url} → Browse → Required Actions.")
     say(f"This demo answers through the same REST endpoint instead: PATCH /api/v2{path}")
     time.sleep(READING_SECONDS)
     answer = api.call("PATCH", path, {"chosen_options": ["Approve"], "params_input": {}})

@@ -1,0 +1,117 @@
+"""The phase-1 backup of a live MariaDB with a writer inserting every 10 ms, and a restore over a live
+database: main's way (LOCK TABLES … READ for the whole dump; drop the database, then load) against
+Airlock's (writers held only while the snapshots open; load beside the live data, then swap), in one
+run on the same data. Prints the writer's stalls and the times; last line:
+`writer stall ratio X.Xx (main/airlock), restore time ratio Y.Yx (main/airlock)`.
+
+    .venv/bin/python bench/live_backup.py [--mb 250] [--host 127.0.0.1 --port 3306 --user root]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import MySQLdb
+from airlock.backups import read_manifest, restore_backup, take_backup, verify_backup
+from airlock.databases.mysql import MysqlDatabase, MysqlParams, quote_identifier
+from airlock.stores.local import LocalBackupStore
+from backup import data_megabytes, generate, timed
+
+META = {"target": "bench", "environment": "production", "purpose": "bench", "run_id": "bench",
+        "platform": "mlflow", "platform_version": "0"}
+
+
+class Writer:
+    """Inserts a row every 10 ms and records how long each insert took."""
+
+    def __init__(self, args, database: str):
+        self.conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password,
+                                    database=database, autocommit=True)
+        self.conn.cursor().execute("CREATE TABLE IF NOT EXISTS writes (id INT AUTO_INCREMENT PRIMARY KEY, at DOUBLE)")
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        cursor = self.conn.cursor()
+        while not self.stop.is_set():
+            started = time.monotonic()
+            cursor.execute("INSERT INTO writes (at) VALUES (%s)", (started,))
+            self.latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)
+        self.stop.set()
+        self.thread.join()
+        self.conn.close()
+
+    def summary(self) -> str:
+        ordered = sorted(self.latencies)
+        p99 = ordered[int(len(ordered) * 0.99) - 1]
+        return (f"{len(ordered)} writes, median {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.0f} ms, "
+                f"longest stall {max(ordered):.2f} s")
+
+
+def main_style_locked_dump(db: MysqlDatabase, directory: Path) -> None:
+    """main's phase-1 backup: every table READ-locked for the length of the dump."""
+    with db.connect() as conn:
+        tables = db.tables(conn)
+        db.query(conn, "LOCK TABLES " + ", ".join(f"{quote_identifier(t)} READ" for t in tables))
+        try:
+            db.run_mydumper(directory, lambda line: None)
+            db.stats_with(conn)
+        finally:
+            db.query(conn, "UNLOCK TABLES")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=250)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3306)
+    parser.add_argument("--user", default="root")
+    parser.add_argument("--password", default=os.environ.get("BENCH_MYSQL_PASSWORD", ""))
+    args = parser.parse_args()
+    source = "airlock_bench_live"
+    conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
+    print(f"generating about {args.mb} MB in {source} ...", flush=True)
+    generate(conn, source, args.mb)
+    print(f"source: {data_megabytes(conn, source):.0f} MB of InnoDB data", flush=True)
+    db = MysqlDatabase(MysqlParams(args.host, args.port, args.user, args.password, source), "mydumper")
+    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as work:
+        with Writer(args, source) as main_writer:
+            main_seconds = timed(lambda: main_style_locked_dump(db, Path(work) / "main"))
+        store = LocalBackupStore(Path(work) / "store", "bench", "production")
+        with Writer(args, source) as airlock_writer:
+            airlock_seconds = timed(lambda: take_backup(db, store, "b1", META))
+        held = read_manifest(store, "b1").facts["writers_held_seconds"]
+        print(f"main    backup {main_seconds:5.1f} s, writer: {main_writer.summary()}")
+        print(f"airlock backup {airlock_seconds:5.1f} s (writers held {held:.3f} s), "
+              f"writer: {airlock_writer.summary()}")
+
+        verify_backup(db, store, "b1")
+        manifest = read_manifest(store, "b1")
+        main_restore = timed(lambda: db.load(store.path("b1"), manifest.facts))  # drop, then load in place
+        airlock_restore = timed(lambda: restore_backup(db, store, "b1"))  # checks, load beside, prove, swap
+        print(f"main    restore (drop, then load into the live name): {main_restore:5.1f} s")
+        print(f"airlock restore (checks, load beside, prove, swap): {airlock_restore:5.1f} s")
+    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{source}`")
+    stall = max(main_writer.latencies) / max(airlock_writer.latencies)
+    print(f"writer stall ratio {stall:.1f}x (main/airlock), restore time ratio {main_restore / airlock_restore:.2f}x "
+          "(main/airlock)")
+
+
+if __name__ == "__main__":
+    main()
