@@ -102,19 +102,30 @@ class PeakMemory:
         self.done.set()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_args(description: str) -> argparse.Namespace:
+    """--mb and where the MariaDB server is (the password from $BENCH_MYSQL_PASSWORD)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--mb", type=int, default=250)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     parser.add_argument("--user", default="root")
     parser.add_argument("--password", default=os.environ.get("BENCH_MYSQL_PASSWORD", ""))
-    args = parser.parse_args()
-    source, target = "airlock_bench_source", "airlock_bench_restore"
+    return parser.parse_args()
+
+
+def generated(args: argparse.Namespace, database: str):
+    """A connection to the server, with `database` generated at about --mb megabytes."""
     conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
-    print(f"generating about {args.mb} MB in {source} ...", flush=True)
-    generate(conn, source, args.mb)
-    print(f"source: {data_megabytes(conn, source):.0f} MB of InnoDB data in {TABLES} tables", flush=True)
+    print(f"generating about {args.mb} MB in {database} ...", flush=True)
+    generate(conn, database, args.mb)
+    print(f"{database}: {data_megabytes(conn, database):.0f} MB of InnoDB data in {TABLES} tables", flush=True)
+    return conn
+
+
+def main() -> None:
+    args = bench_args(__doc__.splitlines()[0])
+    source, target = "airlock_bench_source", "airlock_bench_restore"
+    conn = generated(args, source)
     params = MysqlParams(args.host, args.port, args.user, args.password, source)
     db, restored = MysqlDatabase(params), MysqlDatabase(MysqlParams(args.host, args.port, args.user,
                                                                     args.password, target))

@@ -9,8 +9,6 @@ run on the same data. Prints the writer's stalls and the times; last line:
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -21,7 +19,7 @@ import MySQLdb
 from airlock.backups import read_manifest, restore_backup, take_backup, verify_backup
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, quote_identifier
 from airlock.stores.local import LocalBackupStore
-from backup import data_megabytes, generate, timed
+from backup import bench_args, generated, timed
 
 META = {"target": "bench", "environment": "production", "purpose": "bench", "run_id": "bench",
         "platform": "mlflow", "platform_version": "0"}
@@ -77,18 +75,9 @@ def main_style_locked_dump(db: MysqlDatabase, directory: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=250)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3306)
-    parser.add_argument("--user", default="root")
-    parser.add_argument("--password", default=os.environ.get("BENCH_MYSQL_PASSWORD", ""))
-    args = parser.parse_args()
+    args = bench_args(__doc__.splitlines()[0])
     source = "airlock_bench_live"
-    conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password, autocommit=True)
-    print(f"generating about {args.mb} MB in {source} ...", flush=True)
-    generate(conn, source, args.mb)
-    print(f"source: {data_megabytes(conn, source):.0f} MB of InnoDB data", flush=True)
+    conn = generated(args, source)
     db = MysqlDatabase(MysqlParams(args.host, args.port, args.user, args.password, source), "mydumper")
     with tempfile.TemporaryDirectory(prefix="airlock-bench-") as work:
         with Writer(args, source) as main_writer:
