@@ -1,7 +1,10 @@
-"""On-call re-runs an upgrade after a rollback: every stop of the server gets its own final backup,
-so a second rollback never restores data older than what was written between the two attempts."""
+"""Steps on a real MLflow on MariaDB, where the order of events matters: a re-run after a rollback
+(every stop gets its own final backup), a write just before the stop (the fingerprint describes the
+final backup), and a migration running past its bound."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from airlock import steps
@@ -82,3 +85,24 @@ def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production
     assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
     assert env.adapter.fingerprint().counts["runs"] == marker["fingerprint"]["counts"]["runs"]
     assert steps.rollback(env, RUN)["fingerprint_equal"]
+
+
+def test_a_migration_that_runs_past_its_bound_is_stopped_and_says_so(production):
+    """Every wait has a bound: a migration still running after driver.migration_timeout_seconds is
+    stopped, and the error says what that means (the rollback restores the database)."""
+    from dataclasses import replace
+
+    from airlock.drivers.process import DriverError, ProcessDriver
+
+    env = production
+    bounded = ProcessDriver(replace(env.config, driver=replace(env.config.driver, migration_timeout_seconds=1)),
+                            env.adapter, env.database)
+    copy = env.database.scratch("bound")
+    copy.recreate({})
+    try:
+        started = time.monotonic()
+        with pytest.raises(DriverError, match=r"did not finish within 1 s .* the rollback restores it"):
+            bounded.migrate(NEW, database=copy)
+        assert time.monotonic() - started < 30
+    finally:
+        copy.drop()

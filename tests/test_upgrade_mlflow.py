@@ -327,7 +327,7 @@ def test_a_broken_server_that_still_answers_is_not_rolled_back_without_a_human(w
     assert str(run.state) == "failed"  # kept, but on-call must look
     marker = production.store.in_progress()
     assert marker and marker["run_id"] == run.run_id  # a rollback is still one clear away
-    assert s.databases["production"].table_stats()["runs"]["rows"] == runs_before + 1  # nothing restored
+    assert s.databases["production"].table_stats()["runs"]["rows"] == runs_before + 2  # nothing restored
     record = last_record(s)
     assert record["outcome"] == "kept_after_failed_watch"
     assert "clear conclude.rollback_decision" in record["detail"]

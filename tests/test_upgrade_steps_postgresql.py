@@ -75,12 +75,15 @@ def test_mlflow_on_postgresql_upgrades_and_rolls_back_to_the_exact_data(producti
     assert env.adapter.fingerprint().digest == before
     assert env.database.table_stats() == tables_before
     assert env.store.in_progress() is None
-    assert {b.split("--")[1] for b in env.store.backups()} == {"prepare", "final"}
+    # the database as 3.17.2 left it was kept before the restore
+    assert {b.split("--")[1] for b in env.store.backups()} == {"prepare", "final", "post-upgrade"}
 
 
 def test_a_migration_failing_half_way_on_postgresql_is_rolled_back_to_the_exact_data(production):
     """Production holds a table a later 3.x migration creates: the migration fails part of the way
-    through, leaving a mixed schema; the rollback brings back 2.16.2 and exactly the data before."""
+    through. (On PostgreSQL alembic runs the migrations in one transaction, so the failure undoes the
+    ones before it; the rollback must not depend on that.) The rollback brings back 2.16.2 and
+    exactly the data before."""
     env = production
     plan = {"from": OLD, "to": NEW, "production": {"change": "major", "current": OLD, "target": NEW}}
     with env.database.connect() as conn:
@@ -91,8 +94,6 @@ def test_a_migration_failing_half_way_on_postgresql_is_rolled_back_to_the_exact_
     steps.final_backup(env, RUN)
     with pytest.raises(Exception, match=r"migration of .* failed"):
         steps.migrate(env, RUN)
-    half_migrated = env.database.table_stats()
-    assert half_migrated != tables_before  # some migrations ran before the one that failed
     rolled_back = steps.rollback(env, RUN)
     assert rolled_back["version"] == OLD and rolled_back["fingerprint_equal"]
     assert env.database.table_stats() == tables_before

@@ -280,6 +280,7 @@ class DriverConfig:
     start_timeout_seconds: float
     stop_timeout_seconds: float
     artifact_root: str
+    migration_timeout_seconds: float = 3600
     env: dict[str, str] = field(default_factory=dict)
     """Extra, non-secret environment of the server process (e.g. ZENML_SERVER_AUTH_SCHEME)."""
     helm: HelmConfig | None = None
@@ -296,6 +297,7 @@ class DriverConfig:
             start_timeout_seconds=r.number("start_timeout_seconds", 180, minimum=1),
             stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1),
             artifact_root=r.text("artifact_root", default=os.path.join(state_dir, "artifacts")),
+            migration_timeout_seconds=r.number("migration_timeout_seconds", 3600, minimum=1),
             env=r.environment_variables("env"),
             helm=HelmConfig.read(r.child("helm")) if kind == "helm" else None,
         )

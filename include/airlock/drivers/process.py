@@ -98,8 +98,15 @@ def ensure_platform_venv(adapter: PlatformAdapter, version: str) -> Path:
     return venv
 
 
+INSTALL_TIMEOUT_SECONDS = 1800
+
+
 def run_or_fail(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=INSTALL_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise DriverError(f"could not {what}: still running after {INSTALL_TIMEOUT_SECONDS} s (stopped); "
+                          "check the package index, then clear the task") from None
     if result.returncode != 0:
         raise DriverError(f"could not {what} (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
 
@@ -260,9 +267,14 @@ class ProcessDriver:
         database = database or self.database
         self.ensure_installed(version)
         command = self.migration_command(version, database)
-        started = time.monotonic()
-        result = subprocess.run(command.argv, capture_output=True, text=True, check=False,
-                                env={**os.environ, **command.env, **command.secret_env})
+        started, limit = time.monotonic(), self.env.driver.migration_timeout_seconds
+        try:
+            result = subprocess.run(command.argv, capture_output=True, text=True, check=False, timeout=limit,
+                                    env={**os.environ, **command.env, **command.secret_env})
+        except subprocess.TimeoutExpired:
+            raise DriverError(f"{self.env.name}: migration of {database.describe()} to {self.adapter.name} {version} "
+                              f"did not finish within {limit:.0f} s (driver.migration_timeout_seconds) and was "
+                              "stopped; the database may be half-migrated: the rollback restores it") from None
         output = database.redact((result.stdout + result.stderr).strip())
         if result.returncode != 0:
             raise DriverError(f"{self.env.name}: migration of {database.describe()} to {self.adapter.name} "
