@@ -45,6 +45,9 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs):
     names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails", "pod_restart",
              "answers_but_broken"]
     scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i) for i, name in enumerate(names)}
+    # long enough for the crashed server to come back (MLflow 3 starts in 5-15 s here), as a pod would
+    scenarios["pod_restart"].settings["watch"] = {"interval_seconds": 1, "consecutive_failures": 2,
+                                                  "unhealthy_seconds": 90}
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
     with pytest.MonkeyPatch.context() as patch:

@@ -227,13 +227,19 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
             "last_answered_at": marker["last_answered_at"]}
 
 
+def users_data(env: Environment, stats: TableStats) -> TableStats:
+    """Table statistics with the tables the server rewrites by itself reduced to their row counts."""
+    return {table: ({"rows": value["rows"]} if table in env.adapter.self_written_tables else value)
+            for table, value in stats.items()}
+
+
 def steady_fingerprint(env: Environment, tries: int = 5) -> tuple:
     """The platform's fingerprint, and the database's table statistics it describes: read between two
     equal statistics, so no write landed while the API was read."""
-    before = env.database.table_stats()
+    before = users_data(env, env.database.table_stats())
     for _ in range(tries):
         fingerprint = env.adapter.fingerprint()
-        after = env.database.table_stats()
+        after = users_data(env, env.database.table_stats())
         if after == before:
             return fingerprint, after
         before = after
@@ -269,7 +275,8 @@ def final_backup(env: Environment, run_id: str) -> dict:
                            f"{marker['prepare_backup_id']} by hand")
     for _ in range(REFINGERPRINT_ROUNDS):
         result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id)
-        changed = changed_tables(marker.get("fingerprint_tables"), read_manifest(env.store, final_id).tables)
+        changed = changed_tables(marker.get("fingerprint_tables"),
+                                 users_data(env, read_manifest(env.store, final_id).tables))
         if not changed or marker.get("migration_started"):
             break
         refingerprint(env, marker, final_id, changed)
@@ -460,7 +467,7 @@ def assess_rollback(env: Environment, run_id: str) -> dict:
     except Exception as error:
         return {"answering": answering, "final_backup_id": marker.get("final_backup_id"), "tables": [],
                 "rewritten": [], "unknown": f"the database could not be read: {error}"}
-    changed = written_since(before, now)
+    changed = written_since(users_data(env, before), users_data(env, now))
     return {"answering": answering, "final_backup_id": marker.get("final_backup_id"), "unknown": None,
             "tables": [t for t in changed if t["rows_now"] != t["rows_before"]],
             "rewritten": [t["table"] for t in changed if t["rows_now"] == t["rows_before"]]}
@@ -471,7 +478,7 @@ def written_since(before: TableStats, now: TableStats) -> list[dict]:
     changed = []
     for table in sorted(now):
         then = before.get(table, {"rows": 0, "checksum": "0"})
-        if then["checksum"] != now[table]["checksum"] or then["rows"] != now[table]["rows"]:
+        if then.get("checksum") != now[table].get("checksum") or then["rows"] != now[table]["rows"]:
             changed.append({"table": table, "rows_before": int(then["rows"]), "rows_now": int(now[table]["rows"]),
                             "new_table": table not in before})
     return changed
@@ -549,7 +556,7 @@ def keep_post_upgrade_data(env: Environment, run_id: str, marker: dict) -> dict 
     backup_id = f"{backup_id_for(env.name, POST_UPGRADE, run_id)}--a{marker.get('attempt', 1)}"
     result = backup(env, POST_UPGRADE, run_id, marker["to_version"], backup_id=backup_id)
     final = read_manifest(env.store, marker["final_backup_id"]).tables if marker.get("final_backup_id") else {}
-    written = written_since(final, read_manifest(env.store, backup_id).tables)
+    written = written_since(users_data(env, final), users_data(env, read_manifest(env.store, backup_id).tables))
     marker["post_upgrade_backup_id"] = backup_id
     env.store.mark_in_progress(marker)
     log.warning("%s: the database as the new version left it is kept in %s (%s); tables changed since the "

@@ -99,6 +99,9 @@ class PlatformAdapter(ABC):
     """Which client versions work with a server version, in words (for reports)."""
     downgrade_note: str = ""
     """What the vendor says about downgrades, added to the planner's refusal."""
+    self_written_tables: tuple[str, ...] = ()
+    """Tables the server rewrites by itself on any request (activity timestamps): not the users'
+    data, so Airlock compares only their row counts."""
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")

@@ -58,6 +58,7 @@ class ZenmlAdapter(PlatformAdapter):
     package = "zenml"
     client_rule = "exactly the server's version"
     downgrade_note = "ZenML does not support downgrading a server; restore a backup taken before the upgrade instead"
+    self_written_tables = ("server_settings",)  # last_user_activity, on every request
 
     # -- server -------------------------------------------------------------------------------
     def health(self) -> None:
