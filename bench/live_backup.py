@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 import MySQLdb
-from airlock.backups import read_manifest, restore_backup, take_backup, verify_backup
+from airlock.backups import (
+    check_files,
+    read_manifest,
+    restore_backup,
+    table_differences,
+    take_backup,
+    verify_backup,
+)
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, quote_identifier
 from airlock.stores.local import LocalBackupStore
 from backup import bench_args, generated, timed
@@ -64,6 +71,7 @@ class Writer:
 
 def main_style_locked_dump(db: MysqlDatabase, directory: Path) -> None:
     """main's phase-1 backup: every table READ-locked for the length of the dump."""
+    directory.mkdir(parents=True)
     with db.connect() as conn:
         tables = db.tables(conn)
         db.query(conn, "LOCK TABLES " + ", ".join(f"{quote_identifier(t)} READ" for t in tables))
@@ -72,6 +80,13 @@ def main_style_locked_dump(db: MysqlDatabase, directory: Path) -> None:
             db.stats_with(conn)
         finally:
             db.query(conn, "UNLOCK TABLES")
+
+
+def main_style_restore(db: MysqlDatabase, store: LocalBackupStore, manifest) -> None:
+    """main's restore: check the files, drop the live database and load into its name, then compare."""
+    check_files(store, manifest)
+    db.load(store.path(manifest.backup_id), manifest.facts)
+    assert not table_differences(manifest.tables, db.table_stats())
 
 
 def main() -> None:
@@ -92,10 +107,10 @@ def main() -> None:
 
         verify_backup(db, store, "b1")
         manifest = read_manifest(store, "b1")
-        main_restore = timed(lambda: db.load(store.path("b1"), manifest.facts))  # drop, then load in place
+        main_restore = timed(lambda: main_style_restore(db, store, manifest))
         airlock_restore = timed(lambda: restore_backup(db, store, "b1"))  # checks, load beside, prove, swap
-        print(f"main    restore (drop, then load into the live name): {main_restore:5.1f} s")
-        print(f"airlock restore (checks, load beside, prove, swap): {airlock_restore:5.1f} s")
+        print(f"main    restore (check files, drop, load into the live name, compare): {main_restore:5.1f} s")
+        print(f"airlock restore (check files, tools, room; load beside, compare, swap): {airlock_restore:5.1f} s")
     conn.cursor().execute(f"DROP DATABASE IF EXISTS `{source}`")
     stall = max(main_writer.latencies) / max(airlock_writer.latencies)
     print(f"writer stall ratio {stall:.1f}x (main/airlock), restore time ratio {main_restore / airlock_restore:.2f}x "

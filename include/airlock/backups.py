@@ -196,7 +196,8 @@ def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
 
 
 def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
-    """Replace the database with a verified backup and prove it equals the manifest."""
+    """Replace the database with a verified backup, proven equal to the manifest before it is swapped
+    in (the swap renames; it does not touch the data, so the proof is not taken twice)."""
     if not is_verified(store, backup_id):
         raise BackupError(f"backup {backup_id} at {store.location(backup_id)} is not verified; "
                           "refusing to restore it over the live database")
@@ -206,10 +207,6 @@ def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
     db.check_restore_possible(manifest.facts, plain_size(store, manifest))
     db.restore_in_place(lambda staging: load_backup(staging, store, manifest),
                         lambda staging: table_differences(manifest.tables, staging.table_stats()), manifest.facts)
-    problems = table_differences(manifest.tables, db.table_stats())
-    if problems:
-        raise BackupError(f"restore of {backup_id} into {db.describe()} does not match its manifest: "
-                          + "; ".join(problems))
     return {"backup_id": backup_id, "tables": len(manifest.tables), "seconds": round(time.monotonic() - started, 3)}
 
 
