@@ -150,6 +150,10 @@ class FlakyProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def arm(self, failures: int) -> None:
+        """Reset the next `failures` connections (the fault starts now)."""
+        self.failures = self.reset + failures
+
     def close(self) -> None:
         self.listener.close()
 
