@@ -17,6 +17,7 @@ from airlock.backups import (
     is_verified,
     load_backup,
     now_iso,
+    plain_size,
     read_manifest,
     restore_backup,
     run_slug,
@@ -166,6 +167,7 @@ def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
     manifest = read_manifest(env.store, backup_id)
     verification = env.store.read_json(backup_id, VERIFICATION) or {}
     scratch = env.database.scratch("rehearsal")
+    scratch.check_restore_possible(manifest.facts, plain_size(env.store, manifest))  # room for the copy
     try:
         load_backup(scratch, env.store, manifest)
         migrated = env.driver.migrate(env_plan["target"], database=scratch)
