@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import pytest
 from airlock import steps
 from airlock.backups import apply_retention, is_verified, load_backup, read_manifest
+from airlock.drivers.process import port_open
 from airlock.http import request_json
 from airlock.platforms.mlflow import MlflowAdapter
 from harness import (
@@ -260,12 +261,21 @@ def test_a_server_that_comes_back_within_the_tolerance_is_not_rolled_back(world)
     s = scenarios["pod_restart"]
     start_and_seed(s)
     production = s.env("production")
+    restarted: list[dict] = []
+
+    def restart_like_a_pod():
+        """Once the killed process's workers have let go of the port, start the same version again."""
+        deadline = time.monotonic() + 30
+        while port_open(production.config.host, production.config.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        restarted.append(production.driver.start(NEW))
+
     crashed = crash_server_while("airlock_upgrade__pod_restart", "production_upgrade.watch",
-                                 production.driver.running_pid, after=lambda: production.driver.start(NEW))
+                                 production.driver.running_pid, after=restart_like_a_pod)
     run, _ = run_upgrade("airlock_upgrade__pod_restart", targets_file, {"target_version": NEW, "watch_seconds": 20})
 
     states = task_states(run)
-    assert crashed
+    assert crashed and restarted, "the server was not crashed and restarted"
     assert str(run.state) == "success", states
     assert xcom(run, "production_upgrade.watch")["recovered_after_seconds"], "the crash was never seen"
     assert states["conclude.rollback_production"] == "skipped", states
