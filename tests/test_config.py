@@ -130,6 +130,7 @@ def test_embedded_default_file_is_valid():
 SECOND = """
   team_b:
     platform: mlflow
+    approvers: [carol]
     backup: {location: /var/backups/airlock}
     environments:
       staging:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import yaml
-from airlock.drivers.helm import manifest_without_secrets, redact_values
+from airlock.drivers.helm import manifest_without_secrets
 from airlock.helm import HelmRelease, release_values
+from airlock.redaction import redact_structure
 
 
 def test_values_files_then_overrides_then_the_image_tag(tmp_path):
@@ -22,7 +23,7 @@ def test_values_files_then_overrides_then_the_image_tag(tmp_path):
 def test_configuration_backup_keeps_no_secret_values():
     values = {"database": {"password": "s3cret", "host": "db"}, "auth": {"apiToken": "t0k"},
               "backendStoreUri": "mysql://u:p@db/ml", "image": {"tag": "2.16.2"}}
-    redacted = redact_values(values)
+    redacted = redact_structure(values)
     assert redacted["database"] == {"password": "<redacted>", "host": "db"}
     assert redacted["auth"] == {"apiToken": "<redacted>"}
     assert redacted["backendStoreUri"] == "<redacted>"
@@ -30,8 +31,8 @@ def test_configuration_backup_keeps_no_secret_values():
     manifest = yaml.safe_dump_all([
         {"kind": "Secret", "metadata": {"name": "db"}, "data": {"uri": "bXlzcWw6Ly91OnBAZGI="}},
         {"kind": "Deployment", "metadata": {"name": "mlflow"}}])
-    kept = list(yaml.safe_load_all(manifest_without_secrets(manifest)))
-    assert kept[0]["data"] == "<redacted>" and "bXlzcWw" not in manifest_without_secrets(manifest)
+    kept = list(yaml.safe_load_all(manifest_without_secrets(manifest, [])))
+    assert kept[0]["data"] == "<redacted>" and "bXlzcWw" not in manifest_without_secrets(manifest, [])
     assert kept[1] == {"kind": "Deployment", "metadata": {"name": "mlflow"}}
 
 

@@ -44,7 +44,7 @@ def rds_target(tmp_path):
             for name, port in (("staging", 5191), ("production", 5192))}
     path = tmp_path / "targets.yaml"
     path.write_text(yaml.safe_dump({"targets": {"on_rds": {
-        "platform": "mlflow", "upgrade": {"allow_minor_skips": True},
+        "platform": "mlflow", "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
         "backup": {"location": str(tmp_path / "backups")}, "environments": envs}}}))
     env = open_environment(load_target("on_rds", path), "production", resolve=lambda config: database)
     yield path, env

@@ -147,7 +147,8 @@ def test_target_with_an_s3_location_needs_a_log_dir(tmp_path):
 
     good = (tmp_path / "t.yaml")
     text = json.dumps({"targets": {"t": {
-        "platform": "mlflow", "backup": {"location": "s3://bucket/prefix", "sse": "aws:kms", "kms_key_id": "k1"},
+        "platform": "mlflow", "approvers": ["admin"],
+        "backup": {"location": "s3://bucket/prefix", "sse": "aws:kms", "kms_key_id": "k1"},
         "environments": {env: {"url": f"http://127.0.0.1:{port}", "driver": {"kind": "process",
                                                                               "state_dir": f"/srv/{env}"},
                                "database": {"kind": "sqlite", "path": f"/srv/{env}/m.db"}}

@@ -69,7 +69,7 @@ def test_verification_copies_go_to_the_targets_scratch_server(tmp_path, private_
                                    ("production", 5232, production.params.database))}
     path = tmp_path / "targets.yaml"
     path.write_text(yaml.safe_dump({"targets": {"scratchy": {
-        "platform": "mlflow", "backup": {"location": str(tmp_path / "backups")},
+        "platform": "mlflow", "approvers": ["admin"], "backup": {"location": str(tmp_path / "backups")},
         "scratch": {"conn_id": "airlock_it_scratch"}, "environments": envs}}}))
     try:
         env = open_environment(load_target("scratchy", path), "production")

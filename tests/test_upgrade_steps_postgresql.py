@@ -37,7 +37,7 @@ def production(request, tmp_path, mlflow_venvs, aws_connection):
             for name, port, db in (("staging", 5181, "unused_staging"), ("production", 5182, database.params.database))}
     targets = tmp_path / "targets.yaml"
     targets.write_text(yaml.safe_dump({"targets": {"pg": {
-        "platform": "mlflow", "upgrade": {"allow_minor_skips": True},
+        "platform": "mlflow", "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
         "backup": backup, "log_dir": str(tmp_path / "log"), "environments": envs}}}))
     env = open_environment(load_target("pg", targets), "production", resolve=lambda config: database)
     env.driver.start(OLD)

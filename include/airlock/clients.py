@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 LOCK_FILES_TOML = ("poetry.lock", "uv.lock", "pdm.lock")
 """Lock files that list resolved packages as [[package]] tables with name and version."""
@@ -55,18 +55,63 @@ def exact_version(requirement: Requirement) -> str | None:
     return None
 
 
-def pins_in_requirements(path: Path, package: str, seen: set[Path] | None = None) -> list[ClientPin]:
-    """Pins of `package` in a pip requirements file, following `-r other.txt` includes."""
+MAX_FILE_BYTES = 1 << 20
+MAX_INCLUDED_FILES = 100
+INCLUDE = re.compile(r"(?:-r|--requirement|-c|--constraint)\s*=?\s*(\S+)")
+
+
+def checkout_of(path: Path) -> Path:
+    """The checkout a team's file belongs to (the nearest folder holding .git, else the file's own
+    folder): its includes may not reach outside it."""
+    folder = path.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return folder
+
+
+def read_team_file(path: Path) -> str:
+    """A team's file as text: bounded in size; a folder or a binary file is unreadable, not a crash."""
+    if not path.is_file():
+        raise ClientFileError(f"{path}: not a file" if path.exists() else f"{path}: file not found")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ClientFileError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a requirement or lock file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientFileError(f"{path}: not a text file (not UTF-8)") from None
+    if "\x00" in text:
+        raise ClientFileError(f"{path}: not a text file (NUL bytes)")
+    return text
+
+
+def included_file(path: Path, number: int, name: str, root: Path) -> Path:
+    """An `-r`/`-c` include, refused when it leaves the checkout (absolute elsewhere, `..`, a symlink
+    out of it): a team's file must not make the worker read its secrets into a report."""
+    included = (path.parent / name).resolve()
+    if not included.is_relative_to(root):
+        raise ClientFileError(f"{path}:{number}: includes a file outside its checkout {root}; "
+                              "only files inside the checkout are followed")
+    return included
+
+
+def pins_in_requirements(path: Path, package: str, seen: set[Path] | None = None,
+                         root: Path | None = None) -> list[ClientPin]:
+    """Pins of `package` in a pip requirements file, following `-r`/`-c` includes inside the checkout."""
     seen = seen if seen is not None else set()
+    root = root or checkout_of(path)
     if path.resolve() in seen:
         return []
+    if len(seen) >= MAX_INCLUDED_FILES:
+        raise ClientFileError(f"{path}: more than {MAX_INCLUDED_FILES} included files")
     seen.add(path.resolve())
     pins = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(read_team_file(path).splitlines(), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
-        include = re.match(r"^(?:-r|--requirement)\s*=?\s*(\S+)$", line)
+        include = INCLUDE.fullmatch(line)
         if include:
-            pins.extend(pins_in_requirements(path.parent / include.group(1), package, seen))
+            pins.extend(pins_in_requirements(included_file(path, number, include.group(1), root), package,
+                                             seen, root))
             continue
         if not line or line.startswith("-"):
             continue
@@ -81,7 +126,7 @@ def pins_in_requirements(path: Path, package: str, seen: set[Path] | None = None
 
 def pins_in_pyproject(path: Path, package: str) -> list[ClientPin]:
     """Pins in [project] dependencies (PEP 621) and optional-dependencies."""
-    project = tomllib.loads(path.read_text()).get("project", {})
+    project = tomllib.loads(read_team_file(path)).get("project", {})
     groups = {"dependencies": project.get("dependencies", []),
               **{f"optional-dependencies.{k}": v for k, v in project.get("optional-dependencies", {}).items()}}
     pins = []
@@ -95,13 +140,13 @@ def pins_in_pyproject(path: Path, package: str) -> list[ClientPin]:
 
 
 def pins_in_toml_lock(path: Path, package: str) -> list[ClientPin]:
-    packages = tomllib.loads(path.read_text()).get("package", [])
+    packages = tomllib.loads(read_team_file(path)).get("package", [])
     return [ClientPin(str(path), "[[package]]", f"{entry['name']}=={entry['version']}", entry["version"])
             for entry in packages if canonicalize_name(entry.get("name", "")) == canonicalize_name(package)]
 
 
 def pins_in_pipfile_lock(path: Path, package: str) -> list[ClientPin]:
-    data = json.loads(path.read_text())
+    data = json.loads(read_team_file(path))
     pins = []
     for section in ("default", "develop"):
         for name, entry in data.get(section, {}).items():
@@ -124,8 +169,11 @@ def read_pins(path: str | Path, package: str) -> list[ClientPin]:
         return pins_in_requirements(path, package)
     except FileNotFoundError as error:
         raise ClientFileError(f"{path}: file not found ({error.filename})") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, InvalidRequirement, KeyError) as error:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, InvalidRequirement, KeyError, TypeError,
+            AttributeError) as error:
         raise ClientFileError(f"{path}: cannot be read as {path.name}: {error}") from None
+    except OSError as error:
+        raise ClientFileError(f"{path}: cannot be read ({error.strerror})") from None
 
 
 def judge_file(path: str, package: str, server_version: str, rule) -> ClientVerdict:
@@ -143,8 +191,8 @@ def judge_file(path: str, package: str, server_version: str, rule) -> ClientVerd
             continue
         try:
             reason = rule(Version(pin.version), server)
-        except InvalidVersion:
-            reason = f"{pin.version!r} is not a version number"
+        except ValueError:  # InvalidVersion, or digits beyond int()'s limit
+            reason = f"{pin.version[:40]!r} is not a version number"
         if reason:
             return ClientVerdict(path, "incompatible", f"{pin.spec} ({pin.where}): {reason}", pin.version)
     exact = [pin for pin in pins if pin.version]

@@ -7,6 +7,7 @@ import error of the DAG file instead of a half-built DAG. Unknown keys are error
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -28,8 +29,18 @@ DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 SECRET_LOOKING = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|STORE_URL|DATABASE_URL|URI$")
+S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?")
+USER_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
+URL_CHARS = re.compile(r"[!-~]+")
+"""Printable ASCII without spaces: a URL with a newline or a space in it is a broken paste."""
 DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+MAX_TEXT = 4096
+MINUTES_MAX = 30 * 24 * 60
+"""No wait in a targets file is longer than 30 days; a longer one is a typo (seconds for minutes)."""
+SECONDS_MAX = 7 * 24 * 3600
 
 
 class ConfigError(ValueError):
@@ -49,6 +60,11 @@ def expand_env(text: str) -> str:
         return value
 
     return ENV_REF.sub(replace, text)
+
+
+def shown(raw: str, value: str) -> str:
+    """How a value appears in an error: as written in the file, never as the environment filled it in."""
+    return repr(value) if raw == value else f"{raw!r} (as written; its expansion is not shown)"
 
 
 class _Reader:
@@ -79,38 +95,81 @@ class _Reader:
             return default
         return self.data[key]
 
-    def text(self, key: str, *, default: str | None = None, pattern: re.Pattern | None = None) -> str:
-        value = self._get(key, default is None, default)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(key, f"must be a non-empty string (got {value!r})")
-        try:
-            value = expand_env(value)
-        except KeyError as missing:
-            self.fail(key, f"uses environment variable {missing} which is not set")
-        if pattern and not pattern.match(value):
-            self.fail(key, f"{value!r} does not match {pattern.pattern}")
+    def text(self, key: str, *, default: str | None = None, pattern: re.Pattern | None = None,
+             expand: bool = False) -> str:
+        """A string; `${VAR}` is expanded only where `expand` says the field is meant for it (paths,
+        URLs, connection names), and a value that came from the environment is never echoed."""
+        raw = self._get(key, default is None, default)
+        if not isinstance(raw, str) or not raw.strip():
+            self.fail(key, f"must be a non-empty string (got {raw!r})")
+        value = self.expanded(key, raw) if expand else raw
+        if len(value) > MAX_TEXT:
+            self.fail(key, f"is {len(value)} characters long (at most {MAX_TEXT})")
+        if pattern and not pattern.fullmatch(value):
+            self.fail(key, f"{shown(raw, value)} does not match {pattern.pattern}")
         return value
 
-    def optional_text(self, key: str) -> str | None:
+    def expanded(self, key: str, raw: str) -> str:
+        try:
+            return expand_env(raw)
+        except KeyError as missing:
+            self.fail(key, f"uses environment variable {missing} which is not set")
+        raise AssertionError("unreachable")
+
+    def path(self, key: str, *, default: str | None = None) -> str:
+        """An absolute path on the worker (`${VAR}` expanded)."""
+        raw = self._get(key, default is None, default)
+        value = self.text(key, default=default, expand=True)
+        if not os.path.isabs(value):
+            self.fail(key, f"must be an absolute path (got {shown(raw, value)})")
+        return value
+
+    def url(self, key: str) -> str:
+        """An http(s) URL with a host and a valid port, and no credentials in it."""
+        raw = self.data.get(key)
+        value = self.text(key, expand=True).rstrip("/")
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not URL_CHARS.fullmatch(value):
+            self.fail(key, f"must be an http(s) URL with a host (got {shown(raw, value)})")
+        if parsed.username or parsed.password:
+            self.fail(key, "must not contain credentials; keep secrets in Airflow connections")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = 0
+        if port == 0 or (port is None and parsed.netloc.endswith(":")):
+            self.fail(key, f"has no valid port (1-65535) (got {shown(raw, value)})")
+        return value
+
+    def urls(self, key: str) -> dict[str, str]:
+        """A mapping of names to URLs."""
+        child = self.child(key, required=False)
+        return {name: child.url(name) for name in child.data}
+
+    def optional_text(self, key: str, *, expand: bool = False) -> str | None:
         if self.data.get(key) is None:
             self.used.add(key)
             return None
-        return self.text(key)
+        return self.text(key, expand=expand)
 
     def choice(self, key: str, choices: tuple[str, ...] | list[str], default: str | None = None) -> str:
-        value = self.text(key, default=default)
+        value = self._get(key, default is None, default)
         if value not in choices:
             self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
+    def number(self, key: str, default: float, *, minimum: float = 0, maximum: float,
+               integer: bool = False) -> float:
+        """A finite number within [minimum, maximum]: NaN, infinity and absurd values are typos."""
         value = self._get(key, False, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(key, f"must be a number (got {value!r})")
+        if not math.isfinite(value):
+            self.fail(key, f"must be a finite number (got {value!r})")
         if integer and not float(value).is_integer():
             self.fail(key, f"must be a whole number (got {value!r})")
-        if value < minimum:
-            self.fail(key, f"must be at least {minimum} (got {value!r})")
+        if not minimum <= value <= maximum:
+            self.fail(key, f"must be between {minimum:g} and {maximum:g} (got {value!r})")
         return int(value) if integer else float(value)
 
     def flag(self, key: str, default: bool) -> bool:
@@ -128,29 +187,36 @@ class _Reader:
     def paths(self, key: str) -> list[str]:
         """A list of absolute paths (environment references expanded)."""
         paths = []
-        for index, value in enumerate(self.names(key)):
-            try:
-                value = expand_env(value)
-            except KeyError as missing:
-                self.fail(f"{key}[{index}]", f"uses environment variable {missing} which is not set")
+        for index, raw in enumerate(self.names(key)):
+            value = self.expanded(f"{key}[{index}]", raw)
             if not os.path.isabs(value):
-                self.fail(f"{key}[{index}]", f"must be an absolute path on the worker (got {value!r})")
+                self.fail(f"{key}[{index}]", f"must be an absolute path on the worker (got {shown(raw, value)})")
             paths.append(value)
         return paths
 
-    def environment_variables(self, key: str) -> dict[str, str]:
-        """Plain (non-secret) environment variables for a server process."""
+    def environment_variables(self, key: str) -> tuple[dict[str, str], frozenset[str]]:
+        """Plain (non-secret) environment variables for a server process, and the names of those
+        marked `{value: …, safe: true}`: only their values are shown in configuration backups."""
         value = self._get(key, False, {})
         if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping of NAME: value (got {value!r})")
-        for name, text in value.items():
-            if not isinstance(name, str) or not ENV_NAME.match(name):
-                self.fail(f"{key}.{name}", "is not an environment variable name (A-Z, 0-9, _)")
+            self.fail(key, f"must be a mapping of NAME: value (got {type(value).__name__})")
+        variables, safe = {}, set()
+        for name, entry in value.items():
+            if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+                self.fail(f"{key}.{str(name)[:64]}", "is not an environment variable name (A-Z, 0-9, _)")
             if SECRET_LOOKING.search(name):
                 self.fail(f"{key}.{name}", "looks like a secret; keep secrets in Airflow connections")
-            if not isinstance(text, str | int | float | bool):
-                self.fail(f"{key}.{name}", f"must be a string (got {text!r})")
-        return {name: str(text) for name, text in value.items()}
+            if isinstance(entry, dict):
+                entry_reader = _Reader(entry, f"{self.where}.{key}.{name}".lstrip("."), self.source, self.target)
+                if entry_reader.flag("safe", False):
+                    safe.add(name)
+                entry = entry_reader._get("value", True, None)
+                entry_reader.done()
+            if isinstance(entry, bool) or not isinstance(entry, str | int | float) or len(str(entry)) > MAX_TEXT:
+                self.fail(f"{key}.{name}", f"must be a string of at most {MAX_TEXT} characters "
+                                           f"(got {type(entry).__name__})")
+            variables[name] = str(entry)
+        return variables, frozenset(safe)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -170,10 +236,10 @@ class RdsConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> RdsConfig:
-        config = cls(instance_id=r.text("instance_id", pattern=RDS_ID),
-                     aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID),
+        config = cls(instance_id=r.text("instance_id", pattern=RDS_ID, expand=True),
+                     aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID, expand=True),
                      rollback=r.choice("rollback", ["snapshot", "dump"], default="snapshot"),
-                     snapshot_timeout_minutes=r.number("snapshot_timeout_minutes", 60, minimum=1))
+                     snapshot_timeout_minutes=r.number("snapshot_timeout_minutes", 60, minimum=1, maximum=MINUTES_MAX))
         r.done()
         return config
 
@@ -193,14 +259,12 @@ class DatabaseConfig:
     def read(cls, r: _Reader) -> DatabaseConfig:
         kind = r.choice("kind", sorted(DATABASE_KINDS))
         if kind == "sqlite":
-            config = cls(kind, path=r.text("path"))
-            if not os.path.isabs(config.path or ""):
-                r.fail("path", f"must be an absolute path (got {config.path!r})")
+            config = cls(kind, path=r.path("path"))
         else:
             rds = RdsConfig.read(r.child("rds")) if r.data.get("rds") is not None else None
             r.used.add("rds")
-            config = cls(kind, conn_id=r.text("conn_id", pattern=CONN_ID),
-                         database=r.text("database", pattern=DB_NAME), rds=rds)
+            config = cls(kind, conn_id=r.text("conn_id", pattern=CONN_ID, expand=True),
+                         database=r.text("database", pattern=DB_NAME, expand=True), rds=rds)
         r.done()
         return config
 
@@ -252,18 +316,19 @@ class HelmConfig:
                 r.fail(key, f"must be a mapping (got {value!r})")
         config = cls(
             release=r.text("release", pattern=k8s_name), namespace=r.text("namespace", pattern=k8s_name),
-            chart=r.text("chart"), deployment=r.text("deployment", pattern=k8s_name),
+            chart=r.text("chart", expand=True), deployment=r.text("deployment", pattern=k8s_name),
             service=r.text("service", pattern=k8s_name), migration_job=r.text("migration_job", pattern=k8s_name),
             chart_version=r.optional_text("chart_version"), values_files=r.paths("values_files"),
             overrides=overrides, image_tag_path=r.text("image_tag_path", default="image.tag",
                                                        pattern=re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")),
             migration_values=migration_values,
-            kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID),
+            kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID,
+                                      expand=True),
             backend=r.choice("backend", ["auto", "sdk", "cli"], default="auto"),
-            timeout_seconds=r.number("timeout_seconds", 300, minimum=1),
+            timeout_seconds=r.number("timeout_seconds", 300, minimum=1, maximum=SECONDS_MAX),
             method=r.choice("method", ["rolling", "blue-green"], default="rolling"),
             green_suffix=r.text("green_suffix", default="-green", pattern=re.compile(r"^-[a-z0-9-]{1,20}$")),
-            release_urls=r._get("release_urls", False, {}))
+            release_urls=r.urls("release_urls"))
         if config.method == "blue-green" and sorted(config.release_urls) != sorted(config.releases):
             r.fail("release_urls", f"blue-green needs the URL of each release: {', '.join(config.releases)} "
                                    f"(got {sorted(config.release_urls)})")
@@ -284,22 +349,24 @@ class DriverConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Extra, non-secret environment of the server process (e.g. ZENML_SERVER_AUTH_SCHEME)."""
     helm: HelmConfig | None = None
+    safe_env: frozenset[str] = frozenset()
+    """Names in `env` marked safe: their values are shown in configuration backups, others masked."""
 
     @classmethod
     def read(cls, r: _Reader) -> DriverConfig:
         kind = r.choice("kind", sorted(DRIVER_KINDS))
-        state_dir = r.text("state_dir")
-        if not os.path.isabs(state_dir):
-            r.fail("state_dir", f"must be an absolute path (got {state_dir!r})")
+        state_dir = r.path("state_dir")
+        env, safe_env = r.environment_variables("env")
         config = cls(
             kind=kind,
             state_dir=state_dir,
-            start_timeout_seconds=r.number("start_timeout_seconds", 180, minimum=1),
-            stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1),
-            artifact_root=r.text("artifact_root", default=os.path.join(state_dir, "artifacts")),
-            migration_timeout_seconds=r.number("migration_timeout_seconds", 3600, minimum=1),
-            env=r.environment_variables("env"),
+            start_timeout_seconds=r.number("start_timeout_seconds", 180, minimum=1, maximum=SECONDS_MAX),
+            stop_timeout_seconds=r.number("stop_timeout_seconds", 30, minimum=1, maximum=SECONDS_MAX),
+            artifact_root=r.path("artifact_root", default=os.path.join(state_dir, "artifacts")),
+            migration_timeout_seconds=r.number("migration_timeout_seconds", 3600, minimum=1, maximum=SECONDS_MAX),
+            env=env,
             helm=HelmConfig.read(r.child("helm")) if kind == "helm" else None,
+            safe_env=safe_env,
         )
         if kind != "helm" and r.data.get("helm") is not None:
             r.fail("helm", "is only for kind: helm")
@@ -330,16 +397,10 @@ class EnvironmentConfig:
 
     @classmethod
     def read(cls, name: str, r: _Reader) -> EnvironmentConfig:
-        url = r.text("url").rstrip("/")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            r.fail("url", f"must be an http(s) URL with a host (got {url!r})")
-        if parsed.username or parsed.password:
-            r.fail("url", "must not contain credentials; keep secrets in Airflow connections")
-        config = cls(name, url, DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
+        config = cls(name, r.url("url"), DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
                      r.names("pause_dags"))
         for index, dag_id in enumerate(config.pause_dags):
-            if not DAG_ID.match(dag_id):
+            if not DAG_ID.fullmatch(dag_id):
                 r.fail(f"pause_dags[{index}]", f"{dag_id!r} is not a DAG id")
         r.done()
         return config
@@ -360,11 +421,15 @@ class DrainConfig:
     @classmethod
     def read(cls, r: _Reader) -> DrainConfig:
         config = cls(
-            timeout_minutes=r.number("timeout_minutes", cls.timeout_minutes, minimum=0),
-            poll_interval_seconds=r.number("poll_interval_seconds", cls.poll_interval_seconds, minimum=0.1),
-            stale_after_minutes=r.number("stale_after_minutes", cls.stale_after_minutes, minimum=1),
-            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1),
-            airflow_api_conn_id=r.text("airflow_api_conn_id", default=cls.airflow_api_conn_id, pattern=CONN_ID),
+            timeout_minutes=r.number("timeout_minutes", cls.timeout_minutes, minimum=0, maximum=7 * 24 * 60),
+            poll_interval_seconds=r.number("poll_interval_seconds", cls.poll_interval_seconds, minimum=0.1,
+                                           maximum=3600),
+            stale_after_minutes=r.number("stale_after_minutes", cls.stale_after_minutes, minimum=1,
+                                         maximum=MINUTES_MAX),
+            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1,
+                                              maximum=MINUTES_MAX),
+            airflow_api_conn_id=r.text("airflow_api_conn_id", default=cls.airflow_api_conn_id, pattern=CONN_ID,
+                                       expand=True),
         )
         r.done()
         return config
@@ -386,11 +451,12 @@ class WatchConfig:
     @classmethod
     def read(cls, r: _Reader) -> WatchConfig:
         config = cls(
-            interval_seconds=r.number("interval_seconds", cls.interval_seconds, minimum=0.1),
-            consecutive_failures=int(r.number("consecutive_failures", cls.consecutive_failures, minimum=1,
+            interval_seconds=r.number("interval_seconds", cls.interval_seconds, minimum=0.1, maximum=3600),
+            consecutive_failures=int(r.number("consecutive_failures", cls.consecutive_failures, minimum=1, maximum=1000,
                                               integer=True)),
-            unhealthy_seconds=r.number("unhealthy_seconds", cls.unhealthy_seconds, minimum=0),
-            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1),
+            unhealthy_seconds=r.number("unhealthy_seconds", cls.unhealthy_seconds, minimum=0, maximum=SECONDS_MAX),
+            decision_timeout_minutes=r.number("decision_timeout_minutes", cls.decision_timeout_minutes, minimum=1,
+                                              maximum=MINUTES_MAX),
         )
         r.done()
         return config
@@ -410,7 +476,7 @@ class CompatibilityConfig:
     def read(cls, r: _Reader) -> CompatibilityConfig:
         config = cls(client_files=r.paths("client_files"),
                      on_incompatible=r.choice("on_incompatible", ["fail", "warn"], default="fail"),
-                     recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, integer=True)))
+                     recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, maximum=1000, integer=True)))
         r.done()
         return config
 
@@ -432,20 +498,21 @@ class BackupConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> BackupConfig:
-        location = r.text("location")
+        raw = r.data.get("location")
+        location = r.text("location", expand=True)
         if location.startswith("s3://"):
-            if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", location):
-                r.fail("location", f"{location!r} is not an s3://bucket/prefix URL")
+            if not S3_URL.fullmatch(location):
+                r.fail("location", f"{shown(raw, location)} is not an s3://bucket/prefix URL")
         elif not os.path.isabs(location):
-            r.fail("location", f"must be an absolute path or an s3:// URL (got {location!r})")
+            r.fail("location", f"must be an absolute path or an s3:// URL (got {shown(raw, location)})")
         sse = r.choice("sse", ["none", "AES256", "aws:kms"], default="none")
         config = cls(
             location=location,
-            aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID),
+            aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID, expand=True),
             sse=None if sse == "none" else sse,
-            kms_key_id=r.optional_text("kms_key_id"),
-            keep_last=int(r.number("keep_last", 10, minimum=1, integer=True)),
-            keep_days=r.number("keep_days", 30, minimum=0),
+            kms_key_id=r.optional_text("kms_key_id", expand=True),
+            keep_last=int(r.number("keep_last", 10, minimum=1, maximum=10_000, integer=True)),
+            keep_days=r.number("keep_days", 30, minimum=0, maximum=3650),
         )
         if config.kms_key_id and config.sse != "aws:kms":
             r.fail("kms_key_id", "needs sse: aws:kms")
@@ -487,10 +554,14 @@ class TargetConfig:
         platform = r.choice("platform", sorted(PLATFORMS))
         description = r.text("description", default=f"{platform} target {name}")
         approvers = r.names("approvers")
+        if not approvers:
+            r.fail("approvers", "is required: the Airflow users who may answer this target's gates "
+                                "(nobody else can), e.g. approvers: [alice, bob]")
+        for index, user in enumerate(approvers):
+            if not USER_NAME.fullmatch(user):
+                r.fail(f"approvers[{index}]", f"{user!r} is not an Airflow user name")
         backup = BackupConfig.read(r.child("backup"))
-        log_dir = r.text("log_dir", default=None if backup.is_s3 else backup.location)  # S3 needs one
-        if not os.path.isabs(log_dir):
-            r.fail("log_dir", f"must be an absolute path (got {log_dir!r})")
+        log_dir = r.path("log_dir", default=None if backup.is_s3 else backup.location)  # S3 needs one
         upgrade = r.child("upgrade", required=False)
         allow_minor_skips = upgrade.flag("allow_minor_skips", False)
         upgrade.done()
@@ -498,10 +569,10 @@ class TargetConfig:
         compatibility = CompatibilityConfig.read(r.child("compatibility", required=False))
         watch = WatchConfig.read(r.child("watch", required=False))
         approval = r.child("approval", required=False)
-        approval_timeout_minutes = approval.number("timeout_minutes", 3 * 24 * 60, minimum=1)
+        approval_timeout_minutes = approval.number("timeout_minutes", 3 * 24 * 60, minimum=1, maximum=MINUTES_MAX)
         approval.done()
         scratch = r.child("scratch", required=False)
-        scratch_conn_id = scratch.text("conn_id", pattern=CONN_ID) if scratch.data else None
+        scratch_conn_id = scratch.text("conn_id", pattern=CONN_ID, expand=True) if scratch.data else None
         scratch.done()
         envs = r.child("environments")
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
@@ -583,7 +654,7 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
         entries.fail("", "declares no targets")
     targets = {}
     for name in entries.data:
-        if not isinstance(name, str) or not TARGET_NAME.match(name):
+        if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
             entries.fail(str(name), f"target names must match {TARGET_NAME.pattern}")
         targets[name] = TargetConfig.read(name, _Reader(entries.data[name], "", source, name))
     check_targets_are_distinct(source, targets)

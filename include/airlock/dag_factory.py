@@ -29,7 +29,7 @@ from airlock.operators import (
     RolloutSensor,
     UpgradeApprovalOperator,
 )
-from airlock.versions import LATEST_PATCH, TARGET_VERSION_PATTERN
+from airlock.versions import LATEST_PATCH, MAX_VERSION_LENGTH, TARGET_VERSION_PATTERN
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=20)}
 """For tasks that only read or that are idempotent by construction."""
@@ -62,13 +62,18 @@ def run_id() -> str:
     return get_current_context()["run_id"]
 
 
+def approvers(target: TargetConfig) -> list[dict]:
+    """Who may answer this target's gates; anyone else gets 403 from the API."""
+    return [{"id": user, "name": user} for user in target.approvers]
+
+
 def params(target: TargetConfig) -> dict[str, Param]:
     return {
         "target_version": Param(
             LATEST_PATCH, type="string", title="Target version",
             description=f"The {target.platform} release to upgrade to, e.g. 3.17.2, or 'latest-patch' for the "
                         "newest patch of the running minor release.",
-            pattern=TARGET_VERSION_PATTERN, examples=[LATEST_PATCH]),
+            pattern=TARGET_VERSION_PATTERN, maxLength=MAX_VERSION_LENGTH, examples=[LATEST_PATCH]),
         "mode": Param(
             "upgrade", type="string", enum=["upgrade", "plan-only"], title="Mode",
             description="'plan-only' runs preflight, backups and compatibility checks, then stops before "
@@ -120,7 +125,7 @@ def drain_steps(target: TargetConfig, name: str) -> tuple[list, list]:
         proceed_task_id=f"{group}.proceed", abort_task_id=f"{group}.abort",
         subject=f"{target.name} {name}: runs still going after the drain timeout. Wait, proceed or abort?",
         body=DRAIN_DECISION_BODY.replace("GROUP", group).replace("ENV", name),
-        assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
+        assigned_users=approvers(target),
         response_timeout=timedelta(minutes=target.drain.decision_timeout_minutes), **NO_RETRY)
     wait_longer = sensor(task_id="wait_longer")
 
@@ -335,7 +340,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 subject=f"Upgrade {target.name} production to "
                         "{{ ti.xcom_pull(task_ids='preflight.plan')['to'] }}?",
                 body="{{ ti.xcom_pull(task_ids='uat.summary') }}",
-                assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
+                assigned_users=approvers(target),
                 defaults=["Reject"],  # nobody answering never upgrades production
                 response_timeout=timedelta(minutes=target.approval_timeout_minutes),
             )
@@ -393,7 +398,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 rollback_task_id="conclude.rollback_production", keep_task_id="conclude.keep_new_version",
                 subject=f"{target.name} production failed its watch after the upgrade. Roll back or keep it?",
                 body=ROLLBACK_DECISION_BODY,
-                assigned_users=[{"id": user, "name": user} for user in target.approvers] or None,
+                assigned_users=approvers(target),
                 response_timeout=timedelta(minutes=target.watch.decision_timeout_minutes), **NO_RETRY)
             rolled_back = step_task("rollback_production", lambda: steps.rollback(production_env(), run_id()),
                                     retry=BACKOFF)

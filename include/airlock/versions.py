@@ -13,8 +13,12 @@ from enum import StrEnum
 from packaging.version import InvalidVersion, Version
 
 LATEST_PATCH = "latest-patch"
-TARGET_VERSION_PATTERN = r"^(latest-patch|[0-9]+\.[0-9]+\.[0-9]+)$"
+TARGET_VERSION_PATTERN = r"^(latest-patch|[0-9]{1,6}\.[0-9]{1,6}\.[0-9]{1,6})$"
 """What the trigger form accepts as a target version: a full release number or latest-patch."""
+
+
+MAX_VERSION_LENGTH = 64
+"""Longer than any real release number; a 5000-digit "version" is refused before int() chokes on it."""
 
 
 class PlanError(ValueError):
@@ -32,9 +36,12 @@ class Change(StrEnum):
 
 def parse_version(text: str, *, what: str = "version") -> Version:
     """Parse a release version, naming `what` in the error so the operator knows which input."""
+    text = str(text).strip()
+    if len(text) > MAX_VERSION_LENGTH:
+        raise PlanError(f"{what} is {len(text)} characters long, not a version number (expected e.g. 3.17.2)")
     try:
-        version = Version(str(text).strip())
-    except InvalidVersion:
+        version = Version(text)
+    except (InvalidVersion, ValueError):
         raise PlanError(f"{what} {text!r} is not a version number (expected e.g. 3.17.2)") from None
     if version.local:
         raise PlanError(f"{what} {text!r} has a local part (+...); use a published release")
@@ -95,8 +102,8 @@ def stable_versions(published: list[str]) -> list[Version]:
     versions = set()
     for text in published:
         try:
-            version = Version(text)
-        except InvalidVersion:
+            version = parse_version(text)
+        except PlanError:
             continue
         if not (version.is_prerelease or version.is_devrelease or version.local):
             versions.add(version)
@@ -116,8 +123,9 @@ def latest_per_minor(versions: list[Version]) -> dict[tuple[int, int], Version]:
 def check_requested(requested: str) -> str:
     """The operator's target_version, refused early unless it is x.y.z or latest-patch."""
     text = str(requested or "").strip()
-    if not re.match(TARGET_VERSION_PATTERN, text):
-        raise PlanError(f"param target_version {text!r} must be a full release number such as 3.17.2, "
+    if not re.fullmatch(TARGET_VERSION_PATTERN, text):
+        shown = repr(text) if len(text) <= MAX_VERSION_LENGTH else f"of {len(text)} characters"
+        raise PlanError(f"param target_version {shown} must be a full release number such as 3.17.2, "
                         f"or {LATEST_PATCH!r}")
     return text
 

@@ -24,29 +24,18 @@ from airlock.drivers.process import DriverError, ProcessDriver
 from airlock.helm import HelmClient, HelmError, HelmRelease, helm_client, release_values
 from airlock.kube import Kube, kubeconfig_for
 from airlock.platforms.base import PlatformAdapter
-
-SECRET_KEY = ("password", "secret", "token", "key", "uri", "url", "dsn")
-"""Values whose key contains one of these are replaced by a mark in the configuration backup."""
+from airlock.redaction import MARK, redact_structure, redact_text
 
 
-def redact_values(values: object) -> object:
-    """Values without anything that looks like a secret (for the configuration backup)."""
-    if isinstance(values, dict):
-        return {key: "<redacted>" if any(word in str(key).lower() for word in SECRET_KEY) and
-                not isinstance(value, dict | list) else redact_values(value) for key, value in values.items()}
-    if isinstance(values, list):
-        return [redact_values(value) for value in values]
-    return values
-
-
-def manifest_without_secrets(manifest: str) -> str:
-    """The release manifest with the data of every Secret dropped."""
+def manifest_without_secrets(manifest: str, secrets: list[str]) -> str:
+    """The release manifest with the data of every Secret dropped and every other secret-looking
+    value (a Deployment's env, a ConfigMap's connection string) masked."""
     documents = []
     for document in yaml.safe_load_all(manifest):
         if isinstance(document, dict) and document.get("kind") == "Secret":
-            document = {**document, "data": "<redacted>", "stringData": "<redacted>"}
+            document = {**document, "data": MARK, "stringData": MARK}
         if document:
-            documents.append(document)
+            documents.append(redact_structure(document, secrets))
     return yaml.safe_dump_all(documents)
 
 
@@ -133,8 +122,9 @@ class HelmDriver:
         live = self.release_at(self.live_index())
         return {"driver": "helm", "method": self.config.method, "url": self.env.url, "release": live.name,
                 "namespace": live.namespace, "chart": live.chart, "chart_version": live.chart_version,
-                **self.deployed(), "values": redact_values(self.helm.get_values(live)),
-                "manifest": manifest_without_secrets(self.helm.manifest(live)), "database": self.database.describe()}
+                **self.deployed(), "values": redact_structure(self.helm.get_values(live), self.database.secrets()),
+                "manifest": manifest_without_secrets(self.helm.manifest(live), self.database.secrets()),
+                "database": self.database.describe()}
 
     def snapshot(self) -> dict:
         """What a rollback needs to bring this deployment back: the serving release's revision and,
@@ -298,11 +288,13 @@ def job_check(conn_id: str, namespace: str, name: str) -> dict:
     if state == "running":
         return {"done": False, "state": state, "job": name}
     return {"done": True, "state": state, "job": name, "namespace": namespace,
-            "image": kube.job_image(namespace, name), "logs": kube.job_logs(namespace, name)[-4000:]}
+            "image": kube.job_image(namespace, name), "logs": redact_text(kube.job_logs(namespace, name)[-4000:])}
 
 
 def finished_job(environment: str, check: dict) -> dict:
-    """The migration's result; a Job that did not succeed stops the upgrade before the release changes."""
+    """The migration's result; a Job that did not succeed stops the upgrade before the release changes.
+    Its logs are masked again here, where they reach the task log and XCom."""
+    check = {**check, "logs": redact_text(check.get("logs") or "")}
     print(f"--- logs of migration job {check['job']} ---\n{check.get('logs', '(none yet)')}")
     if check["state"] != "succeeded":
         state = check["state"] if check["state"] != "running" else "did not finish in time"

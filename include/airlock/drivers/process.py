@@ -134,7 +134,9 @@ class ProcessDriver:
         bin_dir = str(self.venv_path(version) / "bin")
         command = self.adapter.server_command(bin_dir, self.env.host, self.env.port,
                                               self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
-        return Command(command.argv, {**command.env, **self.env.driver.env}, command.secret_env)
+        own = self.env.driver.env
+        return Command(command.argv, {**command.env, **own}, command.secret_env,
+                       masked_env=frozenset(own) - self.env.driver.safe_env)
 
     def migration_command(self, version: str, database: Database | None = None) -> Command:
         database = database or self.database

@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from airlock.http import ServerError, request_text
+from airlock.redaction import MARK, redact_text, secret_name
 
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 """Scripts run inside a platform version's own virtualenv (they import the platform's client)."""
@@ -64,10 +65,16 @@ class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     secret_env: dict[str, str] = field(default_factory=dict)
+    masked_env: frozenset[str] = frozenset()
+    """Names in `env` whose values are not shown (a target's own variables not marked safe)."""
 
     def describe(self) -> dict:
-        """What is safe to log, store and show: argv and the names (only) of the variables."""
-        return {"argv": self.argv, "env": self.env, "secret_env_names": sorted(self.secret_env)}
+        """What is safe to log, store and show: argv, the values of Airlock's own variables and of
+        those marked safe, and the names (only) of the rest."""
+        env = {name: MARK if name in self.masked_env or secret_name(name) else value
+               for name, value in self.env.items()}
+        return {"argv": [redact_text(arg) for arg in self.argv], "env": env,
+                "secret_env_names": sorted(self.secret_env)}
 
 
 def millis_to_iso(millis: int | None) -> str:
