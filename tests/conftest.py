@@ -7,6 +7,7 @@ fail in CI, where .ci/run sets AIRLOCK_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.setdefault("AIRLOCK_DATA_DIR", tempfile.mkdtemp(prefix="airlock-data-"))
+os.environ.setdefault("AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY", secrets.token_hex(32))
 
 
 def services_required() -> bool:

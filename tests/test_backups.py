@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import threading
@@ -15,9 +16,10 @@ import MySQLdb
 import pytest
 from airlock.backups import BackupError, is_verified, read_manifest, restore_backup, take_backup, verify_backup
 from airlock.databases.base import DatabaseError
-from airlock.databases.mysql import MysqlDatabase, MysqlParams
+from airlock.databases.mysql import MysqlDatabase, MysqlParams, charset_clause
 from airlock.databases.postgresql import PostgresDatabase, PostgresParams
 from airlock.databases.sqlite import SNAPSHOT, SqliteDatabase
+from airlock.signing import Signer
 from airlock.stores.base import sha256_of
 from airlock.stores.local import LocalBackupStore
 from services import TEST_PASSWORD, new_database, new_postgres_database
@@ -289,3 +291,62 @@ def test_dump_progress_is_logged_while_it_runs(tmp_path, caplog, monkeypatch):
         assert lines and all(f"dumping {db.params.database}:" in line and "MB/s" in line for line in lines)
     finally:
         db.drop()
+
+
+def signed_store(tmp_path, key: str = "k" * 32) -> LocalBackupStore:
+    store = store_in(tmp_path)
+    store.signer = Signer(lambda: key, "test key")
+    return store
+
+
+def test_backup_sets_and_markers_are_owner_only(db, tmp_path):
+    """Dumps hold every team's data and the marker says what is being done: nobody else reads them."""
+    store = signed_store(tmp_path)
+    take_backup(db, store, "b1", META, {"version": "2.16.2"})
+    verify_backup(db, store, "b1")
+    store.mark_in_progress({"run_id": "r1"})
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in store.base.rglob("*")}
+    modes[str(store.base.relative_to(tmp_path))] = stat.S_IMODE(store.base.stat().st_mode)
+    assert {path for path, mode in modes.items() if mode not in (0o600, 0o700)} == set(), modes
+    assert stat.S_IMODE(store.marker_path().stat().st_mode) == 0o600
+    assert all(mode == 0o600 for path, mode in modes.items() if (tmp_path / path).is_file())
+
+
+def test_a_forged_set_in_the_store_is_refused_at_restore(db, tmp_path):
+    """Someone who can write to the store (not to Airflow) builds a complete, 'verified' set of their
+    own data, manifest and statistics included: it is refused, and production keeps its data."""
+    store = signed_store(tmp_path)
+    take_backup(db, store, "b1", META)
+    verify_backup(db, store, "b1")
+    before = rows_of(db)
+    execute(db, "UPDATE experiments SET name = 'forged' WHERE id = 7")
+    for forger in (store_in(tmp_path), signed_store(tmp_path, key="another-key-of-32-characters-xx")):
+        take_backup(db, forger, "forged", META)
+        verify_backup(db, forger, "forged")  # writes verification.json, as a forger with the code could
+        execute(db, "UPDATE experiments SET name = 'live' WHERE id = 7")
+        with pytest.raises(BackupError, match="not signed") as refused:
+            restore_backup(db, store, "forged")
+        assert "Refusing to use it" in str(refused.value)
+        assert rows_of(db)["experiments"][6][1] == "live"  # untouched
+        execute(db, "UPDATE experiments SET name = 'forged' WHERE id = 7")
+    restore_backup(db, store, "b1")  # the genuine set still restores
+    assert rows_of(db) == before
+
+
+def test_a_manifest_naming_files_outside_its_set_is_refused(tmp_path):
+    database = SqliteDatabase(tmp_path / "mlflow.db")
+    with closing(sqlite3.connect(database.path)) as conn:
+        fill(conn, "sqlite")
+    store = store_in(tmp_path)
+    take_backup(database, store, "b1", META)
+    manifest = json.loads((store.path("b1") / "manifest.json").read_text())
+    manifest["files"]["../../../../etc/passwd"] = {"sha256": "0", "bytes": 1}
+    (store.path("b1") / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match="names files outside the set"):
+        read_manifest(store, "b1")
+
+
+@pytest.mark.parametrize("charset", ["utf8mb4\n", "utf8mb4 COLLATE x; DROP DATABASE mlflow", "", 7])
+def test_charset_from_a_manifest_is_checked_before_it_reaches_sql(charset):
+    with pytest.raises(DatabaseError, match="refusing to put it into SQL"):
+        charset_clause({"charset": charset or "x" * 65, "collation": "utf8mb4_general_ci"})

@@ -13,3 +13,15 @@ def connection_fields(conn_id: str) -> tuple[str, int | None, str, str]:
     if password:
         mask_secret(password)
     return conn.host or "127.0.0.1", conn.port, conn.login or "", password
+
+
+def airflow_secret(conn_id: str | None = None, variable: str | None = None) -> str:
+    """A connection's password or a variable's value (a key that must not live beside what it
+    protects); masked in logs."""
+    from airflow.sdk import BaseHook, Variable
+    from airflow.sdk.log import mask_secret
+
+    value = BaseHook.get_connection(conn_id).password if conn_id else Variable.get(variable or "")
+    if value:
+        mask_secret(value)
+    return value or ""

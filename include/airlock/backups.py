@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from airlock.databases.base import Database, TableStats
+from airlock.signing import SigningError
 from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore
 
 CONFIGURATION = "configuration.json"
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*")
+"""What a set's own files are called (dump/…, configuration.json): relative, no `..`."""
 
 
 class BackupError(RuntimeError):
@@ -55,6 +58,8 @@ class Manifest:
     tables: TableStats
     created_at: str = field(default_factory=now_iso)
     seconds: float = 0.0
+    hmac_sha256: str = ""
+    """The signature (airlock.signing) over every other field, with the target's key from Airflow."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +74,20 @@ def read_manifest(store: BackupStore, backup_id: str) -> Manifest:
     if data is None:
         raise BackupError(f"backup {backup_id} at {store.location(backup_id)} has no manifest: "
                           "it is incomplete and cannot be used")
-    return Manifest(**data)
+    if store.signer is not None:
+        try:
+            store.signer.check(data, f"backup {backup_id} at {store.location(backup_id)}")
+        except SigningError as error:
+            raise BackupError(str(error)) from None
+    unsafe = [name for name in data.get("files") or {} if not SAFE_FILE_NAME.fullmatch(name) or ".." in name]
+    if unsafe:
+        raise BackupError(f"backup {backup_id} at {store.location(backup_id)}: its manifest names files outside "
+                          f"the set ({unsafe[0][:80]!r}); refusing to use it")
+    try:
+        return Manifest(**data)
+    except TypeError:
+        raise BackupError(f"backup {backup_id} at {store.location(backup_id)}: its manifest has fields this "
+                          "Airlock does not know; refusing to use it") from None
 
 
 def is_verified(store: BackupStore, backup_id: str) -> bool:
@@ -120,7 +138,11 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
     manifest = Manifest(backup_id=backup_id, database_kind=db.kind, database=db.describe(), facts=facts,
                         files=files, tables=tables, **meta)
     manifest.seconds = round(time.monotonic() - started, 3)
-    store.write_json(backup_id, MANIFEST, manifest.to_dict(), tags)
+    data = manifest.to_dict()
+    if store.signer is not None:
+        data = store.signer.sign(data)
+        manifest.hmac_sha256 = data["hmac_sha256"]
+    store.write_json(backup_id, MANIFEST, data, tags)
     return manifest
 
 

@@ -38,6 +38,7 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 MAX_TEXT = 4096
+DEFAULT_SIGNING_VARIABLE = "airlock_backup_signing_key"
 MINUTES_MAX = 30 * 24 * 60
 """No wait in a targets file is longer than 30 days; a longer one is a typo (seconds for minutes)."""
 SECONDS_MAX = 7 * 24 * 3600
@@ -491,6 +492,8 @@ class BackupConfig:
     kms_key_id: str | None = None
     keep_last: int = 10
     keep_days: float = 30
+    signing_key: tuple[str, str] = ("variable", DEFAULT_SIGNING_VARIABLE)
+    """Where the key that signs manifests lives: ("variable", name) or ("conn_id", name): its password."""
 
     @property
     def is_s3(self) -> bool:
@@ -513,11 +516,24 @@ class BackupConfig:
             kms_key_id=r.optional_text("kms_key_id", expand=True),
             keep_last=int(r.number("keep_last", 10, minimum=1, maximum=10_000, integer=True)),
             keep_days=r.number("keep_days", 30, minimum=0, maximum=3650),
+            signing_key=read_signing_key(r.child("signing_key", required=False)),
         )
         if config.kms_key_id and config.sse != "aws:kms":
             r.fail("kms_key_id", "needs sse: aws:kms")
         r.done()
         return config
+
+
+def read_signing_key(r: _Reader) -> tuple[str, str]:
+    """`{variable: NAME}` or `{conn_id: NAME}`; the default variable when absent."""
+    given = [kind for kind in ("variable", "conn_id") if r.data.get(kind) is not None]
+    if len(given) > 1:
+        r.fail("", "names either a variable or a conn_id, not both")
+    kind = given[0] if given else "variable"
+    name = r.text(kind, default=DEFAULT_SIGNING_VARIABLE if kind == "variable" else None, pattern=CONN_ID)
+    r.used.update(("variable", "conn_id"))
+    r.done()
+    return kind, name
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from airlock.databases.base import Database, ServerParams
 from airlock.drivers import Driver
 from airlock.platforms.base import PlatformAdapter
 from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS, load_class
+from airlock.signing import Signer
 from airlock.stores.base import BackupStore
 from airlock.stores.local import LocalBackupStore
 
@@ -110,14 +111,27 @@ def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver 
 
 
 def open_store(target: TargetConfig, environment: str) -> BackupStore:
-    """The target's backup store; an S3 client comes from the Airflow AWS connection."""
+    """The target's backup store (an S3 client comes from the Airflow AWS connection), signing and
+    checking manifests with the key from Airflow."""
     backup = target.backup
     if not backup.is_s3:
-        return LocalBackupStore(backup.location, target.name, environment)
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        store: BackupStore = LocalBackupStore(backup.location, target.name, environment)
+    else:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from airlock.stores.s3 import S3BackupStore
+        from airlock.stores.s3 import S3BackupStore
 
-    client = S3Hook(aws_conn_id=backup.aws_conn_id).get_conn()
-    return S3BackupStore(client, backup.location, target.name, environment, sse=backup.sse,
-                         kms_key_id=backup.kms_key_id)
+        client = S3Hook(aws_conn_id=backup.aws_conn_id).get_conn()
+        store = S3BackupStore(client, backup.location, target.name, environment, sse=backup.sse,
+                              kms_key_id=backup.kms_key_id)
+    store.signer = signer_for(target)
+    return store
+
+
+def signer_for(target: TargetConfig) -> Signer:
+    from airlock.airflow_connections import airflow_secret
+
+    kind, name = target.backup.signing_key
+    return Signer(lambda: airflow_secret(**{kind: name}),
+                  f"Airflow {'variable' if kind == 'variable' else 'connection'} {name!r}, "
+                  f"target {target.name} backup.signing_key")

@@ -32,6 +32,7 @@ from airlock.environment import Environment, shared_databases
 from airlock.http import answers
 from airlock.platforms.base import PlatformAdapter
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
+from airlock.signing import SigningError
 from airlock.stores.base import VERIFICATION, BackupStore
 from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
 
@@ -66,6 +67,7 @@ def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id
                            "stop, migrate or restore what the other uses: " + "; ".join(shared) +
                            ". Nothing was touched. Give each environment its own database in the targets file.")
     for env in envs:
+        check_signing_key(env)
         marker = env.store.in_progress()
         if marker and marker.get("run_id") != run_id:
             raise UpgradeError(
@@ -75,6 +77,15 @@ def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id
                 "by hand, delete the marker file."
             )
     return {"target": target.name, "requested": requested, "platform": target.platform}
+
+
+def check_signing_key(env: Environment) -> None:
+    """Backups are signed and checked with a key from Airflow: missing, it stops the run here."""
+    if env.store.signer is not None:
+        try:
+            env.store.signer.key()
+        except SigningError as error:
+            raise UpgradeError(str(error)) from None
 
 
 def plan(target: TargetConfig, staging: Environment, production: Environment, requested: str) -> dict:

@@ -99,7 +99,7 @@ def charset_clause(facts: dict) -> str:
     """CHARACTER SET … COLLATE … from a manifest's facts, refused unless both are plain names."""
     charset, collation = facts.get("charset") or "utf8mb4", facts.get("collation") or "utf8mb4_general_ci"
     for value in (charset, collation):
-        if not CHARSET_NAME.match(value):
+        if not isinstance(value, str) or not CHARSET_NAME.fullmatch(value):
             raise DatabaseError(f"the backup's manifest names charset/collation {value!r}, which is not a "
                                 "charset name; refusing to put it into SQL")
     return f"CHARACTER SET {charset} COLLATE {collation}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[3]
 PORT = int(os.environ.get("AIRLOCK_DEMO_AIRFLOW_PORT", "8089"))
 PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
           "production_upgrade", "conclude")
+SIGNING_KEY_ENV = "AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY"
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
 
@@ -193,6 +195,7 @@ def main() -> int:
     started = time.monotonic()
     data_dir = Path(os.environ.setdefault("AIRLOCK_DATA_DIR", "/tmp/airlock-demo"))
     os.environ.pop("AIRLOCK_TARGETS_FILE", None)  # the embedded default targets file
+    os.environ.setdefault(SIGNING_KEY_ENV, secrets.token_hex(32))  # signs this demo's backup manifests
     airflow = None
     envs = []
     try:

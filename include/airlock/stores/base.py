@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
+from airlock.signing import Signer
+
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
 IN_PROGRESS = "UPGRADE_IN_PROGRESS.json"
@@ -39,6 +41,9 @@ class MarkerTaken(RuntimeError):
 
 class BackupStore(ABC):
     """Backup sets keyed by id under <target>/<environment>; a set is complete once its manifest exists."""
+
+    signer: Signer | None = None
+    """Signs manifests as they are written and refuses unsigned or forged ones as they are read."""
 
     @abstractmethod
     def location(self, backup_id: str) -> str: ...

@@ -10,7 +10,32 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from airlock.stores.base import IN_PROGRESS, BackupStore, digest_of_bytes, sha256_of
+from airlock.stores.base import IN_PROGRESS, MANIFEST, BackupStore, digest_of_bytes, sha256_of
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) readable by the owner only: a backup holds every team's data."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, owner-only from the first byte."""
+    staged = path.with_name(f".{path.name}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(staged, path)
+
+
+def make_private(directory: Path) -> None:
+    """Tools (mydumper, pg_dump) write with their own umask: tighten what they left."""
+    for root, folders, files in os.walk(directory):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o600)
 
 
 class LocalBackupStore(BackupStore):
@@ -26,7 +51,8 @@ class LocalBackupStore(BackupStore):
     def begin(self, backup_id: str) -> Path:
         """An empty directory for a new backup; a partial one from an earlier try is removed."""
         self.delete(backup_id)
-        self.path(backup_id).mkdir(parents=True)
+        private_dir(self.base)
+        self.path(backup_id).mkdir(mode=0o700)
         return self.path(backup_id)
 
     def directory(self, backup_id: str) -> Path:
@@ -34,8 +60,9 @@ class LocalBackupStore(BackupStore):
 
     def put_stream(self, backup_id: str, name: str, stream: BinaryIO, tags: dict[str, str]) -> dict:
         target = self.path(backup_id) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as out:
+        private_dir(target.parent)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(stream, out, 1 << 20)
         return self.digest(backup_id, name) or {}
 
@@ -44,14 +71,15 @@ class LocalBackupStore(BackupStore):
 
     def digest(self, backup_id: str, name: str) -> dict | None:
         path = self.path(backup_id) / name
+        if path.is_file():
+            path.chmod(0o600)  # a dump tool's file, now part of the set
         return {"sha256": sha256_of(path), "bytes": path.stat().st_size} if path.is_file() else None
 
     def write_json(self, backup_id: str, name: str, data: dict, tags: dict[str, str] | None = None) -> dict:
         payload = json.dumps(data, indent=2, sort_keys=True).encode()
-        target = self.path(backup_id) / name
-        staged = target.with_suffix(".tmp")
-        staged.write_bytes(payload)
-        os.replace(staged, target)
+        if name == MANIFEST:
+            make_private(self.path(backup_id))  # the manifest is written last: nothing is added after it
+        write_private(self.path(backup_id) / name, payload)
         return digest_of_bytes(payload)
 
     def read_json(self, backup_id: str, name: str) -> dict | None:
@@ -75,8 +103,8 @@ class LocalBackupStore(BackupStore):
 
     def create_marker(self, record: dict) -> bool:
         """Staged in a private file, then hard-linked into place: link() fails if the marker exists."""
-        self.base.mkdir(parents=True, exist_ok=True)
-        fd, staged = tempfile.mkstemp(prefix=".marker-", dir=self.base)
+        private_dir(self.base)
+        fd, staged = tempfile.mkstemp(prefix=".marker-", dir=self.base)  # mkstemp: 0600
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(record, indent=2, sort_keys=True))
@@ -88,10 +116,7 @@ class LocalBackupStore(BackupStore):
             os.unlink(staged)
 
     def write_marker(self, record: dict) -> None:
-        self.base.mkdir(parents=True, exist_ok=True)
-        staged = self.marker_path().with_suffix(".tmp")
-        staged.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.replace(staged, self.marker_path())
+        write_private(private_dir(self.base) / IN_PROGRESS, json.dumps(record, indent=2, sort_keys=True).encode())
 
     def read_marker(self) -> dict | None:
         return json.loads(self.marker_path().read_text()) if self.marker_path().is_file() else None
