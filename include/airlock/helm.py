@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from airlock.child_env import child_env
+
 
 class HelmError(RuntimeError):
     """A Helm operation failed; the message names the release and the operation."""
@@ -147,7 +149,7 @@ class CliHelm:
 
     def _run(self, argv: list[str], what: str, release: HelmRelease) -> str:
         result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                timeout=release.timeout_seconds + 60)
+                                timeout=release.timeout_seconds + 60, env=child_env(network=True, prefixes=("HELM_",)))
         if result.returncode != 0:
             raise HelmError(f"helm {what} of release {release.name} in {release.namespace} (exit "
                             f"{result.returncode}): {result.stderr.strip()[-1500:]}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from airlock.child_env import child_env
+
 log = logging.getLogger("airlock.backup")
 
 
@@ -233,10 +235,10 @@ class LineWatcher:
 def compressed_output(argv: list[str], what: str, env: dict | None = None, redact: Callable[[str], str] = str,
                       on_stderr_line: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
     """argv | zstd, as a stream to read; both exit codes checked when the reader is done."""
-    tool = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    tool = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or child_env())
     tool_stderr = LineWatcher(tool.stderr, on_stderr_line)
     zstd = subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c"], stdin=tool.stdout, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=child_env())
     tool.stdout.close()
     try:
         yield zstd.stdout
@@ -259,8 +261,9 @@ def decompress_stream_into(source: BinaryIO, argv: list[str], what: str, env: di
                            redact: Callable[[str], str] = str) -> None:
     """zstd -d < source | argv (a loader reading SQL or a dump from stdin), failing with either's error."""
     unzip = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-    loader = subprocess.Popen(argv, stdin=unzip.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                             stderr=subprocess.PIPE, env=child_env())
+    loader = subprocess.Popen(argv, stdin=unzip.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=env or child_env())
     unzip.stdout.close()
     copier = feed(source, unzip.stdin)
     loader_err = loader.communicate()[1]
@@ -274,7 +277,7 @@ def decompress_stream_into(source: BinaryIO, argv: list[str], what: str, env: di
 
 
 def run_checked(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=child_env())
     if result.returncode != 0:
         raise DatabaseError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import MySQLdb
 
+from airlock.child_env import child_env
 from airlock.config import loopback_or
 from airlock.databases.base import (
     Database,
@@ -77,7 +78,7 @@ def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subproc
         for path in present:
             if str(path) not in open_now and path.name not in started:
                 started.add(path.name)
-                processes.append(subprocess.Popen(["zstd", "-q", "-1", "-T1", "--rm", str(path)],
+                processes.append(subprocess.Popen(["zstd", "-q", "-1", "-T1", "--rm", str(path)], env=child_env(),
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.05)
     return processes
@@ -335,7 +336,7 @@ class MysqlDatabase(Database):
                 ["mydumper", f"--defaults-file={cnf}", "--database", self.params.database, "--outputdir", str(out),
                  "--threads", str(MYDUMPER_THREADS), "--rows", "250000", "--no-locks", "--routines", "--events",
                  "--triggers", "--verbose", "3"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env())
             output = LineWatcher(dumper.stdout, on_line)
             compressing = compress_finished_files(dumper, out)
             returncode = dumper.wait()
@@ -388,7 +389,7 @@ class MysqlDatabase(Database):
                 result = subprocess.run(
                     ["myloader", f"--defaults-file={cnf}", "--directory", plain, "--source-db", source,
                      "--database", self.params.database, "--threads", str(THREADS), "--overwrite-tables",
-                     "--verbose", "1"], capture_output=True, check=False)
+                     "--verbose", "1"], capture_output=True, check=False, env=child_env())
         self.check_tool("myloader", result.returncode, result.stderr + result.stdout)
 
     def recreate(self, facts: dict) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import psycopg2
 from psycopg2 import sql
 
+from airlock.child_env import child_env
 from airlock.config import loopback_or
 from airlock.databases.base import (
     Database,
@@ -103,7 +104,7 @@ class PostgresDatabase(Database):
             with os.fdopen(fd, "w") as handle:
                 os.fchmod(handle.fileno(), 0o600)
                 handle.write(":".join(escaped) + "\n")
-            yield {**os.environ, "PGPASSFILE": path}
+            yield child_env({"PGPASSFILE": path})
         finally:
             os.unlink(path)
 

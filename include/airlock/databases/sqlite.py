@@ -10,6 +10,7 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
+from airlock.child_env import child_env
 from airlock.databases.base import (
     Database,
     DatabaseError,
@@ -86,7 +87,7 @@ class SqliteDatabase(Database):
             snapshot = Path(work) / "database.sqlite"
             stats, facts = self.snapshot(snapshot)
             with subprocess.Popen(["zstd", "-q", "-3", "-T0", "-c", str(snapshot)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) as zstd:
+                                  stderr=subprocess.PIPE, env=child_env()) as zstd:
                 put(SNAPSHOT, zstd.stdout)
                 error = zstd.stderr.read()
             if zstd.returncode != 0:
@@ -101,7 +102,7 @@ class SqliteDatabase(Database):
     def load_stream(self, get: StreamSource, facts: dict) -> None:
         staged = self.staged_path()
         with get(SNAPSHOT) as source, open(staged, "wb") as out:
-            unzip = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=out,
+            unzip = subprocess.Popen(["zstd", "-q", "-d", "-c"], stdin=subprocess.PIPE, stdout=out, env=child_env(),
                                      stderr=subprocess.PIPE)
             feed(source, unzip.stdin).join()
             error = unzip.stderr.read()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from airlock.child_env import child_env
 from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
 from airlock.platforms.base import Command, PlatformAdapter
@@ -103,7 +104,8 @@ INSTALL_TIMEOUT_SECONDS = 1800
 
 def run_or_fail(argv: list[str], what: str) -> None:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=INSTALL_TIMEOUT_SECONDS)
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=INSTALL_TIMEOUT_SECONDS,
+                                env=child_env(network=True, prefixes=("PIP_", "UV_")))
     except subprocess.TimeoutExpired:
         raise DriverError(f"could not {what}: still running after {INSTALL_TIMEOUT_SECONDS} s (stopped); "
                           "check the package index, then clear the task") from None
@@ -191,7 +193,7 @@ class ProcessDriver:
             log.flush()
             process = subprocess.Popen(
                 command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.state_dir, env={**os.environ, **command.env, **command.secret_env},
+                cwd=self.state_dir, env=child_env({**command.env, **command.secret_env}),
                 start_new_session=True)
         self.write_pid_file(process.pid)
         record = {"version": version, "venv": str(venv), "pid": process.pid,
@@ -272,7 +274,7 @@ class ProcessDriver:
         started, limit = time.monotonic(), self.env.driver.migration_timeout_seconds
         try:
             result = subprocess.run(command.argv, capture_output=True, text=True, check=False, timeout=limit,
-                                    env={**os.environ, **command.env, **command.secret_env})
+                                    env=child_env({**command.env, **command.secret_env}))
         except subprocess.TimeoutExpired:
             raise DriverError(f"{self.env.name}: migration of {database.describe()} to {self.adapter.name} {version} "
                               f"did not finish within {limit:.0f} s (driver.migration_timeout_seconds) and was "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
+from airlock.child_env import child_env
 from airlock.http import ServerError, request_text
 from airlock.redaction import MARK, redact_text, secret_name
 
@@ -154,13 +154,19 @@ class PlatformAdapter(ABC):
 
     def load_recent_artifacts(self, venv: Path, count: int, timeout: float = 900) -> list[dict]:
         """Load the `count` most recent models/artifacts with the client installed in `venv` (the
-        guides' "test artifact loading"); one {"id", "name", "ok", "error"?} per item."""
+        guides' "test artifact loading"); one {"id", "name", "ok", "error"?} per item. Loading unpickles
+        models: the client gets a minimal environment (none of the worker's secrets) and a time limit."""
         script = CHECKS_DIR / f"{self.name}_artifacts.py"
         with tempfile.TemporaryDirectory(prefix="airlock-client-") as scratch:
-            result = subprocess.run(
-                [str(venv / "bin" / "python"), str(script)], capture_output=True, text=True, timeout=timeout,
-                cwd=scratch, check=False,
-                env={**os.environ, **self.client_env(scratch), "AIRLOCK_ARTIFACT_COUNT": str(count)})
+            try:
+                result = subprocess.run(
+                    [str(venv / "bin" / "python"), str(script)], capture_output=True, text=True, timeout=timeout,
+                    cwd=scratch, check=False,
+                    env=child_env({**self.client_env(scratch), "AIRLOCK_ARTIFACT_COUNT": str(count)}))
+            except subprocess.TimeoutExpired:
+                raise ServerError(f"loading the {count} most recent artifacts of {self.url} with the client in "
+                                  f"{venv} did not finish within {timeout:.0f} s and was stopped; a model that "
+                                  "hangs while loading is a finding: check it by hand") from None
         if result.returncode != 0:
             raise ServerError(f"the {self.name} client in {venv} could not list artifacts on {self.url} "
                               f"(exit {result.returncode}): {result.stderr.strip()[-1500:]}")
@@ -191,7 +197,7 @@ class PlatformAdapter(ABC):
         result = subprocess.run(
             [sys.executable, "-m", "pip", "index", "versions", self.package],
             capture_output=True, text=True, timeout=120, check=False,
-        )
+            env=child_env(network=True, prefixes=("PIP_",)))
         match = re.search(r"Available versions:\s*(.+)", result.stdout)
         if result.returncode != 0 or not match:
             raise ServerError(
