@@ -67,7 +67,7 @@ def test_environment_variables_are_expanded(tmp_path, monkeypatch):
     (("state_dir: /srv/mlflow/staging}", "state_dir: relative/dir}"), "driver.state_dir: must be an absolute path"),
     (("team_a:", "Team-A:"), "targets.Team-A: target names must match"),
     (("backup: {location: /var/backups/airlock}", "backup: {location: '${NOT_SET_ANYWHERE}'}"),
-     "backup.location: uses environment variable 'NOT_SET_ANYWHERE' which is not set"),
+     "backup.location: uses environment variable NOT_SET_ANYWHERE which is not set"),
     (("platform: mlflow", "platform: sematic"),
      "environments.production.database.kind: sematic servers do not run on mysql (supported: sqlite, postgresql)"),
     (("state_dir: /srv/mlflow/production}", "state_dir: /srv/mlflow/production, env: {ZENML_STORE_URL: x}}"),

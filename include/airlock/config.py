@@ -114,7 +114,7 @@ class _Reader:
         try:
             return expand_env(raw)
         except KeyError as missing:
-            self.fail(key, f"uses environment variable {missing} which is not set")
+            self.fail(key, f"uses environment variable {missing.args[0]} which is not set")
         raise AssertionError("unreachable")
 
     def path(self, key: str, *, default: str | None = None) -> str:
@@ -130,10 +130,10 @@ class _Reader:
         raw = self.data.get(key)
         value = self.text(key, expand=True).rstrip("/")
         parsed = urlparse(value)
+        if "@" in parsed.netloc:
+            self.fail(key, "must not contain credentials (not shown); keep secrets in Airflow connections")
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not URL_CHARS.fullmatch(value):
             self.fail(key, f"must be an http(s) URL with a host (got {shown(raw, value)})")
-        if parsed.username or parsed.password:
-            self.fail(key, "must not contain credentials; keep secrets in Airflow connections")
         try:
             port = parsed.port
         except ValueError:

@@ -6,7 +6,10 @@ KubernetesHook, at run time only); Helm gets the same cluster through a kubeconf
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -17,9 +20,8 @@ class KubeError(RuntimeError):
     """A Kubernetes call failed or a workload did not become what was asked; the message says which."""
 
 
-def kubeconfig_for(conn_id: str) -> str:
-    """A kubeconfig path for the connection: its `kube_config_path`, or its inline `kube_config`
-    written to a private (0600) temporary file."""
+def kube_config_of(conn_id: str) -> str | dict:
+    """The connection's `kube_config_path`, or its inline `kube_config` as a mapping (kept in memory)."""
     from airflow.sdk import BaseHook
 
     extra = BaseHook.get_connection(conn_id).extra_dejson
@@ -30,10 +32,46 @@ def kubeconfig_for(conn_id: str) -> str:
     if not inline:
         raise KubeError(f"Airflow connection {conn_id} has neither kube_config_path nor kube_config "
                         "(in-cluster workers: set kube_config_path to a kubeconfig for the service account)")
-    handle, path = tempfile.mkstemp(prefix="airlock-kubeconfig-", suffix=".yaml")
-    with os.fdopen(handle, "w") as file:
-        file.write(inline if isinstance(inline, str) else yaml.safe_dump(inline))
-    return path
+    loaded = yaml.safe_load(inline) if isinstance(inline, str) else inline
+    if not isinstance(loaded, dict):
+        raise KubeError(f"Airflow connection {conn_id}: kube_config is not a kubeconfig mapping")
+    return loaded
+
+
+_WRITTEN: dict[str, str] = {}
+"""Inline kubeconfigs written for Helm in this process, by content digest: one file each, however
+many times a task or the triggerer asks, removed when the process ends."""
+
+
+def kubeconfig_for(conn_id: str) -> str:
+    """A kubeconfig path for tools that need a file (Helm): the connection's own path, or its inline
+    kubeconfig written once per process, owner-only, in a private directory removed at exit."""
+    found = kube_config_of(conn_id)
+    if isinstance(found, str):
+        return found
+    text = yaml.safe_dump(found)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if digest not in _WRITTEN or not os.path.exists(_WRITTEN[digest]):
+        folder = tempfile.mkdtemp(prefix="airlock-kubeconfig-")  # 0700
+        path = os.path.join(folder, "config.yaml")
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        if not _WRITTEN:
+            atexit.register(remove_written_kubeconfigs)
+        _WRITTEN[digest] = path
+    return _WRITTEN[digest]
+
+
+def remove_written_kubeconfigs() -> None:
+    for path in _WRITTEN.values():
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    _WRITTEN.clear()
+
+
+def kube_for(conn_id: str) -> Kube:
+    """Kubernetes clients for the connection; an inline kubeconfig never touches the disk."""
+    return Kube(kube_config_of(conn_id))
 
 
 @dataclass(frozen=True)
@@ -60,10 +98,11 @@ class Rollout:
 class Kube:
     """Apps, batch and core calls on one cluster."""
 
-    def __init__(self, kubeconfig: str):
+    def __init__(self, kubeconfig: str | dict):
         from kubernetes import client, config
 
-        api = config.new_client_from_config(config_file=kubeconfig)
+        api = (config.new_client_from_config_dict(kubeconfig) if isinstance(kubeconfig, dict)
+               else config.new_client_from_config(config_file=kubeconfig))
         self.apps, self.batch, self.core = client.AppsV1Api(api), client.BatchV1Api(api), client.CoreV1Api(api)
         self.errors = client.exceptions.ApiException
 

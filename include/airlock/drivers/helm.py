@@ -22,7 +22,7 @@ from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
 from airlock.drivers.process import DriverError, ProcessDriver
 from airlock.helm import HelmClient, HelmError, HelmRelease, helm_client, release_values
-from airlock.kube import Kube, kubeconfig_for
+from airlock.kube import Kube, kube_for, kubeconfig_for
 from airlock.platforms.base import PlatformAdapter
 from airlock.redaction import MARK, redact_structure, redact_text
 
@@ -82,7 +82,7 @@ class HelmDriver:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            self._kube = Kube(self.kubeconfig())
+            self._kube = kube_for(self.config.kubernetes_conn_id)
         return self._kube
 
     # -- what the steps call -------------------------------------------------------------------
@@ -283,7 +283,7 @@ class HelmDriver:
 
 def job_check(conn_id: str, namespace: str, name: str) -> dict:
     """Done when the migration Job finished (either way); with its logs for the task log."""
-    kube = Kube(kubeconfig_for(conn_id))
+    kube = kube_for(conn_id)
     state = kube.job_state(namespace, name)
     if state == "running":
         return {"done": False, "state": state, "job": name}
@@ -311,5 +311,5 @@ def rolled_out(version: str):
 
 def rollout_check(conn_id: str, namespace: str, deployment: str, version: str) -> dict:
     """Done when every replica of the Deployment runs `version` and is available."""
-    rollout = Kube(kubeconfig_for(conn_id)).rollout(namespace, deployment)
+    rollout = kube_for(conn_id).rollout(namespace, deployment)
     return {"done": rolled_out(version)(rollout), "rollout": rollout.describe()}
