@@ -7,10 +7,11 @@ fail in CI, where .ci/run sets AIRLOCK_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
+import time
 from pathlib import Path
 
+import leaks
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +22,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.setdefault("AIRLOCK_DATA_DIR", tempfile.mkdtemp(prefix="airlock-data-"))
-os.environ.setdefault("AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY", secrets.token_hex(32))
+os.environ.update(leaks.WORKER_ENV)  # a worker's secrets, planted: no process Airlock starts may inherit them
 
 
 def services_required() -> bool:
@@ -105,3 +106,25 @@ def kube_api():
     server = start_api_server(assets)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def process_watch():
+    watch = leaks.ProcessWatch()
+    watch.thread.start()
+    yield watch
+    watch.stopping.set()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(process_watch, tmp_path_factory):
+    """The secret scan (tests/leaks.py) after every test: a planted secret in a file written during
+    the test, or in the argv or environment of a process Airlock started, fails it."""
+    since = time.time() - 1
+    process_watch.take()  # what an earlier test's teardown left is that test's
+    yield
+    time.sleep(2 * process_watch.interval)
+    roots = [tmp_path_factory.getbasetemp(), Path(_HOME), Path(os.environ["AIRLOCK_DATA_DIR"])]
+    problems = process_watch.take() + leaks.files_problems(roots, since)
+    if problems:
+        pytest.fail("secret scan: " + "; ".join(sorted(set(problems))[:20]), pytrace=False)

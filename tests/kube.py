@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from leaks import PLANTED
 
 ENVTEST_BUILDS = [Path(__file__).resolve().parents[2] / "shared" / "envtest" / "build.sh",
                   Path("/work/shared/envtest/build.sh")]
@@ -102,7 +103,7 @@ def start_api_server(assets: Path) -> ApiServer:
     """etcd, then kube-apiserver with RBAC and a static admin token, as README.md of envtest says."""
     root = Path(tempfile.mkdtemp(prefix="airlock-envtest-"))
     client, peer, port = free_port(), free_port(), free_port()
-    token, deployer_token = secrets.token_hex(16), secrets.token_hex(16)
+    token, deployer_token = secrets.token_hex(16), PLANTED["kubernetes"]  # Airlock deploys with the latter
     subprocess.run(["openssl", "genrsa", "-out", str(root / "sa.key"), "2048"], check=True, capture_output=True)
     (root / "tokens.csv").write_text(f'{token},envtest-admin,envtest-admin,"system:masters"\n'
                                      f'{deployer_token},{DEPLOYER},{DEPLOYER}\n')

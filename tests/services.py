@@ -13,14 +13,16 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import MySQLdb
 from airlock.databases.mysql import MysqlDatabase, MysqlParams
 from airlock.databases.postgresql import PostgresDatabase, PostgresParams
 from conftest import unavailable
+from leaks import PLANTED
 
 ADMIN = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-TEST_USER, TEST_PASSWORD = "airlock_it", "pw-Th1s-must-NEVER-be-logged"
+TEST_USER, TEST_PASSWORD = "airlock_it", PLANTED["database"]
 
 
 def admin_connection():
@@ -36,6 +38,7 @@ def ensure_test_user() -> None:
     with conn.cursor() as cursor:
         for host in ("127.0.0.1", "localhost"):
             cursor.execute(f"CREATE USER IF NOT EXISTS '{TEST_USER}'@'{host}' IDENTIFIED BY '{TEST_PASSWORD}'")
+            cursor.execute(f"ALTER USER '{TEST_USER}'@'{host}' IDENTIFIED BY '{TEST_PASSWORD}'")
             cursor.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{TEST_USER}'@'{host}'")
     conn.close()
 
@@ -68,14 +71,15 @@ def new_postgres_database(prefix: str) -> PostgresDatabase:
     with conn.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TEST_USER,))
         if not cursor.fetchone():
-            cursor.execute(f"CREATE ROLE {TEST_USER} LOGIN CREATEDB PASSWORD '{TEST_PASSWORD}'")
+            cursor.execute(f"CREATE ROLE {TEST_USER} LOGIN CREATEDB")
+        cursor.execute(f"ALTER ROLE {TEST_USER} PASSWORD '{TEST_PASSWORD}'")
         cursor.execute(f"CREATE DATABASE {name} OWNER {TEST_USER}")
     conn.close()
     return PostgresDatabase(PostgresParams("127.0.0.1", 5432, TEST_USER, TEST_PASSWORD, name))
 
 
-def connection_uri_for_airflow() -> str:
-    return f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:3306"
+def connection_uri_for_airflow(port: int = 3306) -> str:
+    return f"mysql://{TEST_USER}:{quote(TEST_PASSWORD, safe='')}@127.0.0.1:{port}"
 
 
 def free_port() -> int:
@@ -106,7 +110,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 
 def aws_connection_json(endpoint: str) -> str:
-    return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
+    return json.dumps({"conn_type": "aws", "login": "testing", "password": PLANTED["s3"],
                        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})
 
 

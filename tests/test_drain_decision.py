@@ -36,6 +36,7 @@ from harness import (
     write_targets,
     xcom,
 )
+from leaks import PLANTED
 from services import connection_uri_for_airflow, free_port
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,8 @@ def world(tmp_path_factory, mlflow_venvs, airflow_api):
         patch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
         patch.setenv(f"AIRFLOW_CONN_{API_CONN.upper()}", json.dumps(
-            {"conn_type": "http", "host": "127.0.0.1", "port": api_port, "login": "admin", "password": "unused"}))
+            {"conn_type": "http", "host": "127.0.0.1", "port": api_port, "login": "admin",
+             "password": PLANTED["airflow_api"]}))
         yield scenarios, targets_file
         for scenario in scenarios.values():
             stop_all(scenario)

@@ -18,7 +18,7 @@ from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import MysqlDatabase
 from airlock.environment import open_environment
 from airlock.stores.local import LocalBackupStore
-from services import TEST_PASSWORD, TEST_USER, PrivateMariadb, admin_connection, small_tmpfs
+from services import PrivateMariadb, admin_connection, connection_uri_for_airflow, small_tmpfs
 from test_backups import META, fill, rows_of
 from test_restore_faults import grow, worker
 
@@ -59,9 +59,9 @@ def test_verification_copies_go_to_the_targets_scratch_server(tmp_path, private_
     production = new_database("airlock_it_scratch", tool="mydumper")
     with production.connect() as conn:
         fill(conn, "mysql")
-    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_PROD", f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:3306/")
+    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_PROD", connection_uri_for_airflow() + "/")
     monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_SCRATCH",
-                       f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:{private_server.port}/")
+                       connection_uri_for_airflow(private_server.port) + "/")
     envs = {name: {"url": f"http://127.0.0.1:{port}",
                    "driver": {"kind": "process", "state_dir": str(tmp_path / name)},
                    "database": {"kind": "mysql", "conn_id": "airlock_it_prod", "database": db}}

@@ -63,7 +63,7 @@ def api_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def airflow_env(home: Path, port: int) -> dict[str, str]:
+def airflow_env(home: Path, port: int, users: str = "admin:admin") -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)  # standalone starts `airflow ...` subcommands by name
     api = api_url(port)
     return {**os.environ,
@@ -75,16 +75,17 @@ def airflow_env(home: Path, port: int) -> dict[str, str]:
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": api,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
 
 
-def start_airflow(home: Path, port: int = PORT) -> subprocess.Popen:
-    """`airflow standalone` (scheduler, triggerer, DAG processor, API server) on `port`."""
+def start_airflow(home: Path, port: int = PORT, users: str = "admin:admin") -> subprocess.Popen:
+    """`airflow standalone` (scheduler, triggerer, DAG processor, API server) on `port`, with the
+    simple auth manager's `users` (name:role,…)."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "standalone.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], stdout=log,
-                               stderr=subprocess.STDOUT, env=airflow_env(home, port), start_new_session=True,
+                               stderr=subprocess.STDOUT, env=airflow_env(home, port, users), start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -117,12 +118,12 @@ def stop_airflow(process: subprocess.Popen) -> None:
 
 
 class AirflowApi:
-    """The REST calls a person's tooling would make, authenticated as the admin user."""
+    """The REST calls a person's tooling would make, authenticated as `user` (admin by default)."""
 
-    def __init__(self, home: Path, port: int = PORT):
+    def __init__(self, home: Path, port: int = PORT, user: str = "admin"):
         self.url = api_url(port)
         passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-        token = request_json("POST", f"{self.url}/auth/token", {"username": "admin", "password": passwords["admin"]})
+        token = request_json("POST", f"{self.url}/auth/token", {"username": user, "password": passwords[user]})
         self.headers = {"Authorization": f"Bearer {token['access_token']}"}
 
     def call(self, method: str, path: str, body: dict | None = None):

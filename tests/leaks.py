@@ -1,0 +1,141 @@
+"""The secret scan: unique planted secrets for every credential the suite hands Airlock, and a watch
+that fails any test after which one of them shows up where it must not.
+
+Planted (each with characters URL quoting changes): the database password of every MySQL and
+PostgreSQL connection, the S3 secret key, the Kubernetes token Airlock deploys with, the password of
+the Airflow API connection, the backup signing key, and secrets only the worker holds (its cloud
+keys, an unused Airflow connection). Looked for, as written and URL-quoted:
+- files the tests' servers and Airflow write: task logs, the Airflow metadata database (XCom,
+  rendered templates, trigger events), reports, configuration backups, upgrade logs, server logs;
+- the argv of every process Airlock starts (platform servers, migrations, artifact checks, database
+  tools, pip, helm), and its environment: no worker secret and no AIRFLOW_/AWS_ variable at all; the
+  database password only in the one variable a server or migration reads its database URL from.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+MARK = "Pl4nt"
+PLANTED = {
+    "database": f"db-{MARK}@d/:%#-pw",
+    "s3": f"s3-{MARK}@d/:%#-key",
+    "kubernetes": f"kube-{MARK}@d/:%#-token",
+    "airflow_api": f"api-{MARK}@d/:%#-pw",
+    "signing_key": f"sign-{MARK}@d/:%#-key-0123456789",
+    "worker_cloud_key": f"aws-{MARK}@d/:%#-worker",
+    "worker_connection": f"conn-{MARK}@d/:%#-worker",
+}
+WORKER_ENV = {
+    "AWS_SECRET_ACCESS_KEY": PLANTED["worker_cloud_key"],
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTEDWORKER",
+    "AIRFLOW_CONN_AIRLOCK_PLANTED_UNUSED": f"mysql://u:{quote(PLANTED['worker_connection'], safe='')}@db:3306/x",
+    "AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY": PLANTED["signing_key"],
+}
+"""What a worker's environment holds and no process Airlock starts may inherit."""
+DATABASE_URL_VARIABLES = {"MLFLOW_BACKEND_STORE_URI", "ZENML_STORE_URL", "DATABASE_URL", "AIRLOCK_DB_URI"}
+"""Where a server or a migration legitimately reads its database URL (with the password) from."""
+AIRLOCK_TOOLS = {"mydumper", "myloader", "mysqldump", "mysql", "mariadb", "pg_dump", "pg_restore", "psql",
+                 "zstd", "helm"}
+TEST_OWNED = ("/tests/", "/demo/seed_", "sematic_slow_pipeline", "zenml_run_state")
+"""Command lines of processes the tests start themselves (seeding, a team's pipeline)."""
+CREDENTIAL_FILES = ("kubeconfig", "tokens.csv", "simple_auth_manager_passwords", ".cnf")
+"""Files where the tests keep credentials on purpose (they are the clusters' and servers' own)."""
+
+
+def variants(secret: str) -> set[str]:
+    return {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+
+
+def hits_in(text: str, names: tuple[str, ...] | None = None) -> list[str]:
+    """Which planted secrets (by name) appear in `text`, in any spelling."""
+    return [name for name, secret in PLANTED.items() if (names is None or name in names)
+            and any(form in text for form in variants(secret))]
+
+
+def venv_root() -> str:
+    return str(Path(os.environ.get("AIRLOCK_VENV_ROOT") or Path.home() / ".cache" / "airlock" / "venvs"))
+
+
+def started_by_airlock(argv: list[str]) -> bool:
+    if not argv:
+        return False
+    line = " ".join(argv)
+    program = argv[0]
+    if os.path.basename(program).startswith("python") and len(argv) > 1 and argv[1] == "-m":
+        program = argv[2] if len(argv) > 2 else program
+    by_airlock = os.path.basename(program) in AIRLOCK_TOOLS or program.startswith(venv_root())
+    return by_airlock and not any(owned in line for owned in TEST_OWNED)
+
+
+def process_problems(pid: str) -> list[str]:
+    """What is wrong with one running process's argv and environment, if Airlock started it."""
+    try:
+        argv = [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if part]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+    if not started_by_airlock(argv):
+        return []
+    what = os.path.basename(argv[0]) + (f" {argv[1]}" if len(argv) > 1 else "")
+    problems = [f"argv of {what!r} holds the {name} secret" for name in hits_in("\0".join(argv))]
+    for entry in environ:
+        name, _, value = entry.decode(errors="replace").partition("=")
+        if name.startswith(("AIRFLOW_", "AIRFLOW__", "AWS_")):
+            problems.append(f"{what!r} inherited {name}")
+        allowed = ("database",) if name in DATABASE_URL_VARIABLES else ()
+        problems += [f"{what!r} has the {secret} secret in {name}" for secret in hits_in(value)
+                     if secret not in allowed]
+    return problems
+
+
+class ProcessWatch:
+    """Samples every process on the machine a few times a second (servers live for minutes, dumps and
+    migrations for seconds) and remembers what it found wrong."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.found, self.stopping = interval, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True, name="leak-watch")
+
+    def run(self) -> None:
+        seen: set[str] = set()
+        while not self.stopping.wait(self.interval):
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    for problem in process_problems(pid):
+                        if problem not in seen:
+                            seen.add(problem)
+                            self.found.append(problem)
+
+    def take(self) -> list[str]:
+        found, self.found = self.found, []
+        return found
+
+
+def files_problems(roots: list[Path], since: float) -> list[str]:
+    """Planted secrets in files written since `since` under `roots` (compressed dumps excluded:
+    they hold the teams' data, not credentials)."""
+    problems = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            try:
+                if (not path.is_file() or path.is_symlink() or path.stat().st_mtime < since
+                        or path.stat().st_size > 200 * 1024 * 1024 or path.suffix in (".zst", ".gz")
+                        or any(mark in path.name for mark in CREDENTIAL_FILES)):
+                    continue
+                text = path.read_bytes().decode("latin-1")
+            except OSError:
+                continue
+            problems += [f"{path} holds the {name} secret" for name in hits_in(text)]
+    return problems
+
+
+def started_at() -> float:
+    return time.time() - 1

@@ -1,0 +1,57 @@
+"""The secret scan itself (tests/leaks.py) catches what it is there to catch: otherwise a clean
+suite would prove nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from urllib.parse import quote
+
+import leaks
+from airlock.child_env import child_env
+
+
+def started(env: dict) -> subprocess.Popen:
+    """zstd waiting on its input: a process of the kind Airlock starts."""
+    process = subprocess.Popen(["zstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    time.sleep(0.2)
+    return process
+
+
+def test_a_tool_that_inherits_the_workers_environment_is_caught():
+    process = started(dict(os.environ))
+    try:
+        problems = leaks.process_problems(str(process.pid))
+    finally:
+        process.kill()
+        process.wait()
+    assert "'zstd -q' inherited AWS_SECRET_ACCESS_KEY" in problems
+    assert "'zstd -q' has the worker_cloud_key secret in AWS_SECRET_ACCESS_KEY" in problems
+    assert "'zstd -q' has the worker_connection secret in AIRFLOW_CONN_AIRLOCK_PLANTED_UNUSED" in problems
+
+
+def test_the_minimal_environment_passes_and_a_password_in_argv_does_not(monkeypatch):
+    monkeypatch.setattr(leaks, "AIRLOCK_TOOLS", {*leaks.AIRLOCK_TOOLS, "cat"})
+    clean = started(child_env())
+    in_argv = subprocess.Popen(["cat", "-", leaks.PLANTED["database"]], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    time.sleep(0.2)
+    try:
+        clean_problems = leaks.process_problems(str(clean.pid))
+        argv_problems = leaks.process_problems(str(in_argv.pid))
+    finally:
+        for process in (clean, in_argv):
+            process.kill()
+            process.wait()
+    assert clean_problems == []
+    assert argv_problems == ["argv of 'cat -' holds the database secret"]
+
+
+def test_a_quoted_password_in_a_file_is_caught(tmp_path):
+    since = time.time() - 1
+    (tmp_path / "report.md").write_text(f"mysql://u:{quote(leaks.PLANTED['database'], safe='')}@db/x")
+    (tmp_path / "clean.md").write_text("nothing here")
+    found = leaks.files_problems([tmp_path], since)
+    (tmp_path / "report.md").unlink()  # planted here on purpose: not a leak for the scan after this test
+    assert found == [f"{tmp_path / 'report.md'} holds the database secret"]
