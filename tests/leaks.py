@@ -14,9 +14,11 @@ keys, an unused Airflow connection). Looked for, as written and URL-quoted:
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -130,12 +132,24 @@ def files_problems(roots: list[Path], since: float) -> list[str]:
                         or path.stat().st_size > 200 * 1024 * 1024 or path.suffix in (".zst", ".gz")
                         or any(mark in path.name for mark in CREDENTIAL_FILES)):
                     continue
-                text = path.read_bytes().decode("latin-1")
+                data = path.read_bytes()
             except OSError:
                 continue
+            if MARK.encode() not in data:  # every planted secret, in every spelling, carries it
+                continue
+            text = data.decode("latin-1")
             problems += [f"{path} holds the {name} secret" for name in hits_in(text)]
     return problems
 
 
-def started_at() -> float:
-    return time.time() - 1
+def files_problems_elsewhere(roots: list[Path], since: float) -> list[str]:
+    """`files_problems` in a process of its own: closing a descriptor of a SQLite file (Airflow's
+    metadata database, an MLflow store) drops every POSIX lock this process holds on it, which
+    breaks the test's own connections ("disk I/O error")."""
+    result = subprocess.run([sys.executable, __file__, str(since), *map(str, roots)], capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)
+
+
+if __name__ == "__main__":
+    print(json.dumps(files_problems([Path(root) for root in sys.argv[2:]], float(sys.argv[1]))))
