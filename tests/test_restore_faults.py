@@ -226,6 +226,48 @@ def test_mysql_routines_events_triggers_and_views_come_back(tmp_path):
         db.drop()
 
 
+def test_a_swap_that_cannot_get_its_locks_leaves_the_live_database_whole(tmp_path):
+    """A long transaction holds a live table: the swap's RENAME gives up after its lock wait. The live
+    tables never moved, and their trigger and view (dropped for the swap) are there again; clearing
+    the task once the transaction ended restores exactly."""
+    import MySQLdb
+
+    db = filled_database("mydumper", tmp_path, "airlock_it_swap")
+    try:
+        with db.connect() as conn:
+            for statement in ("CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, experiment_id INT)",
+                              "CREATE TRIGGER experiments_audit AFTER INSERT ON experiments FOR EACH ROW "
+                              "INSERT INTO audit (experiment_id) VALUES (NEW.id)",
+                              "CREATE VIEW named AS SELECT id, name FROM experiments"):
+                db.query(conn, statement)
+        store = LocalBackupStore(tmp_path / "backups", "t", "production")
+        take_backup(db, store, "b1", META)
+        verify_backup(db, store, "b1")
+        expected = rows_of(db)
+        execute(db, "DELETE FROM metrics WHERE id > 400")
+        migrated = rows_of(db)
+        holder = MySQLdb.connect(host=db.params.host, port=db.params.port, user=db.params.user,
+                                 password=db.params.password, database=db.params.database)
+        holder.cursor().execute("START TRANSACTION")
+        holder.cursor().execute("SELECT COUNT(*) FROM metrics")  # a shared metadata lock until it ends
+        try:
+            with pytest.raises(DatabaseError, match="Lock wait timeout"):
+                restore_backup(db, store, "b1")
+        finally:
+            holder.rollback()
+            holder.close()
+        assert rows_of(db) == migrated
+        with db.connect() as conn:
+            db.query(conn, "INSERT INTO experiments VALUES (1000, 'after the failed swap', NULL)")
+            assert db.query(conn, "SELECT experiment_id FROM audit") == [(1000,)]
+            assert db.query(conn, "SELECT name FROM named WHERE id = 1000") == [("after the failed swap",)]
+            db.query(conn, "DELETE FROM experiments WHERE id = 1000")
+        restore_backup(db, store, "b1")
+        assert rows_of(db) == expected
+    finally:
+        db.drop()
+
+
 def test_postgresql_grants_and_ownership_come_back(tmp_path):
     """The server runs as another role than Airlock's: after a rollback it must still read its data."""
     db = filled_database("postgresql", tmp_path, "airlock_it_grants")

@@ -428,30 +428,49 @@ class MysqlDatabase(Database):
     def swap_in(self, staging: Database, facts: dict) -> None:
         """One RENAME TABLE moves every table of this database aside and every restored table in (atomic);
         views, triggers, routines and events, which cannot move between databases, are recreated here
-        from their definitions in the restored copy."""
+        from their definitions in the restored copy. If the rename fails (a lock it cannot get), the live
+        tables never moved: the live definitions dropped for it are put back before the error goes on."""
         assert isinstance(staging, MysqlDatabase)
         previous = self.companion("previous")
         definitions = staging.definitions()
+        live_definitions = self.definitions() if self.exists() else []
         with self.connect(database=None) as conn:
             self.query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
             self.query(conn, f"DROP DATABASE IF EXISTS {quote_identifier(previous.params.database)}")
             self.query(conn, f"CREATE DATABASE {quote_identifier(previous.params.database)}")
             self.query(conn, f"CREATE DATABASE IF NOT EXISTS {quote_identifier(self.params.database)}")
-            self.drop_definitions(conn, self)
-            self.drop_definitions(conn, staging, only=("TRIGGER", "VIEW"))
             moves = [f"{quote_identifier(self.params.database)}.{quote_identifier(t)} TO "
                      f"{quote_identifier(previous.params.database)}.{quote_identifier(t)}" for t in self.tables(conn)]
             moves += [f"{quote_identifier(staging.params.database)}.{quote_identifier(t)} TO "
                       f"{quote_identifier(self.params.database)}.{quote_identifier(t)}" for t in staging.tables(conn)]
-            if moves:
-                self.query(conn, "RENAME TABLE " + ", ".join(moves))
+            try:
+                self.drop_definitions(conn, self)
+                self.drop_definitions(conn, staging, only=("TRIGGER", "VIEW"))
+                if moves:
+                    self.query(conn, "RENAME TABLE " + ", ".join(moves))
+            except DatabaseError:
+                self.put_back_definitions(live_definitions)
+                raise
             self.query(conn, f"ALTER DATABASE {quote_identifier(self.params.database)} "
                              f"{charset_clause(facts)}")
+        self.create_definitions(definitions)
+        previous.drop()
+
+    def create_definitions(self, definitions: list[tuple[str, str, str, str]]) -> None:
         with self.connect() as conn:
             for _kind, _name, sql_mode, statement in definitions:
                 self.query(conn, "SET SESSION sql_mode = %s", (sql_mode,))
                 self.query(conn, statement)
-        previous.drop()
+
+    def put_back_definitions(self, definitions: list[tuple[str, str, str, str]]) -> None:
+        """The live database's own definitions again (whichever the failed swap had dropped)."""
+        try:
+            with self.connect() as conn:
+                self.drop_definitions(conn, self)
+            self.create_definitions(definitions)
+        except DatabaseError as error:
+            log.error("%s: could not put back its views, triggers, routines and events after a failed swap (%s); "
+                      "the tables and data are untouched: clear the restore task to finish it", self.describe(), error)
 
     def definitions(self) -> list[tuple[str, str, str, str]]:
         """(kind, name, sql_mode, CREATE statement) of every view, trigger, routine and event, read in
