@@ -4,6 +4,7 @@ final backup), and a migration running past its bound."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -85,6 +86,44 @@ def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production
     assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
     assert env.adapter.fingerprint().counts["runs"] == marker["fingerprint"]["counts"]["runs"]
     assert steps.rollback(env, RUN)["fingerprint_equal"]
+
+
+def test_writes_that_never_stop_leave_the_old_version_serving_and_the_environment_free(production):
+    """A client keeps writing after the drain: the first final backup differs from the fingerprint,
+    the old version is started to take it again, and the writes go on. The run gives up with the old
+    version serving every write, the marker gone (a new run can start) and a message saying so."""
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    real_stop, real_restore, writing = env.driver.stop, env.driver.restore, threading.Event()
+    written: list[str] = []
+
+    def keep_writing():
+        while not writing.is_set():  # as fast as a client can: every fingerprint read overlaps a write
+            written.append(log_a_run(env.config.url))
+
+    def write_then_stop():
+        if not written:
+            written.append(log_a_run(env.config.url))
+        return real_stop()
+
+    def restore_then_keep_writing(*args):
+        result = real_restore(*args)
+        threading.Thread(target=keep_writing, daemon=True).start()
+        return result
+
+    env.driver.stop, env.driver.restore = write_then_stop, restore_then_keep_writing
+    steps.freeze(env, RUN, PLAN)
+    try:
+        with pytest.raises(steps.UpgradeError, match=r"2\.16\.2 was started again and serves; nothing was "
+                                                     r"migrated, and this run let go of the environment"):
+            steps.final_backup(env, RUN)
+    finally:
+        writing.set()
+        time.sleep(0.5)
+    assert env.adapter.server_version() == OLD and env.driver.running_pid()
+    assert env.store.in_progress() is None
+    assert env.adapter.fingerprint().counts["runs"] >= 6 + len(written)  # every write landed and is served
+    assert steps.marker_of_run(env, RUN) is None
 
 
 def test_a_migration_that_runs_past_its_bound_is_stopped_and_says_so(production):

@@ -319,7 +319,15 @@ def refingerprint(env: Environment, marker: dict, final_id: str, changed: list[s
     log.warning("%s: written after the fingerprint and before the stop: %s; taking the fingerprint again",
                 env.name, ", ".join(changed))
     env.driver.restore(marker["from_version"], marker.get("deployment") or {})
-    fingerprint, tables = steady_fingerprint(env)
+    try:
+        fingerprint, tables = steady_fingerprint(env)
+    except UpgradeError:
+        env.store.clear_in_progress(marker["run_id"])  # nothing migrated, the old version serves: free it
+        raise UpgradeError(
+            f"{env.name} kept changing while its fingerprint was taken again: something still writes after the "
+            f"drain (a client retrying, a user in the UI). {env.adapter.name} {marker['from_version']} was started "
+            "again and serves; nothing was migrated, and this run let go of the environment. Find what writes, "
+            "then trigger the upgrade again (clearing this task would find nothing to do).") from None
     marker.update(fingerprint=fingerprint.to_dict(), fingerprint_tables=tables)
     env.store.mark_in_progress(marker)
     env.driver.stop()
