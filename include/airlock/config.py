@@ -7,17 +7,16 @@ import error of the DAG file instead of a half-built DAG. Unknown keys are error
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import yaml
 
+from airlock.config_reader import ConfigError, Reader, shown
 from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORM_DATABASES, PLATFORMS
 
 DEFAULT_TARGETS_FILE = Path(__file__).resolve().parent.parent / "targets.yaml"
@@ -27,202 +26,15 @@ TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-SECRET_LOOKING = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|STORE_URL|DATABASE_URL|URI$")
 S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?")
 USER_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
-URL_CHARS = re.compile(r"[!-~]+")
-"""Printable ASCII without spaces: a URL with a newline or a space in it is a broken paste."""
 DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-MAX_TEXT = 4096
 DEFAULT_SIGNING_VARIABLE = "airlock_backup_signing_key"
 MINUTES_MAX = 30 * 24 * 60
 """No wait in a targets file is longer than 30 days; a longer one is a typo (seconds for minutes)."""
 SECONDS_MAX = 7 * 24 * 3600
-
-
-class ConfigError(ValueError):
-    """A targets file that cannot be used; the message says file, target and field."""
-
-
-def expand_env(text: str) -> str:
-    """Expand ${VAR} and ${VAR:-default} so one file serves several machines."""
-
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                raise KeyError(name)
-            return default
-        return value
-
-    return ENV_REF.sub(replace, text)
-
-
-def shown(raw: str, value: str) -> str:
-    """How a value appears in an error: as written in the file, never as the environment filled it in."""
-    return repr(value) if raw == value else f"{raw!r} (as written; its expansion is not shown)"
-
-
-class _Reader:
-    """Reads one mapping of the YAML file, remembering where it is for error messages."""
-
-    def __init__(self, data: Any, where: str, source: str, target: str | None):
-        self.source, self.target, self.where = source, target, where
-        if not isinstance(data, dict):
-            self.fail("", f"must be a mapping (got {type(data).__name__})")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> None:
-        place = ".".join(p for p in (self.where, key) if p)
-        who = f"target {self.target!r}: " if self.target else ""
-        raise ConfigError(f"{self.source}: {who}{place or 'top level'}: {message}")
-
-    def child(self, key: str, *, required: bool = True) -> _Reader:
-        value = self._get(key, required, {})
-        where = ".".join(p for p in (self.where, key) if p)
-        return _Reader(value, where, self.source, self.target)
-
-    def _get(self, key: str, required: bool, default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.data or self.data[key] is None:
-            if required:
-                self.fail(key, "is required")
-            return default
-        return self.data[key]
-
-    def text(self, key: str, *, default: str | None = None, pattern: re.Pattern | None = None,
-             expand: bool = False) -> str:
-        """A string; `${VAR}` is expanded only where `expand` says the field is meant for it (paths,
-        URLs, connection names), and a value that came from the environment is never echoed."""
-        raw = self._get(key, default is None, default)
-        if not isinstance(raw, str) or not raw.strip():
-            self.fail(key, f"must be a non-empty string (got {raw!r})")
-        value = self.expanded(key, raw) if expand else raw
-        if len(value) > MAX_TEXT:
-            self.fail(key, f"is {len(value)} characters long (at most {MAX_TEXT})")
-        if pattern and not pattern.fullmatch(value):
-            self.fail(key, f"{shown(raw, value)} does not match {pattern.pattern}")
-        return value
-
-    def expanded(self, key: str, raw: str) -> str:
-        try:
-            return expand_env(raw)
-        except KeyError as missing:
-            self.fail(key, f"uses environment variable {missing.args[0]} which is not set")
-        raise AssertionError("unreachable")
-
-    def path(self, key: str, *, default: str | None = None) -> str:
-        """An absolute path on the worker (`${VAR}` expanded)."""
-        raw = self._get(key, default is None, default)
-        value = self.text(key, default=default, expand=True)
-        if not os.path.isabs(value):
-            self.fail(key, f"must be an absolute path (got {shown(raw, value)})")
-        return value
-
-    def url(self, key: str) -> str:
-        """An http(s) URL with a host and a valid port, and no credentials in it."""
-        raw = self.data.get(key)
-        value = self.text(key, expand=True).rstrip("/")
-        parsed = urlparse(value)
-        if "@" in parsed.netloc:
-            self.fail(key, "must not contain credentials (not shown); keep secrets in Airflow connections")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or not URL_CHARS.fullmatch(value):
-            self.fail(key, f"must be an http(s) URL with a host (got {shown(raw, value)})")
-        try:
-            port = parsed.port
-        except ValueError:
-            port = 0
-        if port == 0 or (port is None and parsed.netloc.endswith(":")):
-            self.fail(key, f"has no valid port (1-65535) (got {shown(raw, value)})")
-        return value
-
-    def urls(self, key: str) -> dict[str, str]:
-        """A mapping of names to URLs."""
-        child = self.child(key, required=False)
-        return {name: child.url(name) for name in child.data}
-
-    def optional_text(self, key: str, *, expand: bool = False) -> str | None:
-        if self.data.get(key) is None:
-            self.used.add(key)
-            return None
-        return self.text(key, expand=expand)
-
-    def choice(self, key: str, choices: tuple[str, ...] | list[str], default: str | None = None) -> str:
-        value = self._get(key, default is None, default)
-        if value not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)} (got {value!r})")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0, maximum: float,
-               integer: bool = False) -> float:
-        """A finite number within [minimum, maximum]: NaN, infinity and absurd values are typos."""
-        value = self._get(key, False, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"must be a number (got {value!r})")
-        if not math.isfinite(value):
-            self.fail(key, f"must be a finite number (got {value!r})")
-        if integer and not float(value).is_integer():
-            self.fail(key, f"must be a whole number (got {value!r})")
-        if not minimum <= value <= maximum:
-            self.fail(key, f"must be between {minimum:g} and {maximum:g} (got {value!r})")
-        return int(value) if integer else float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._get(key, False, default)
-        if not isinstance(value, bool):
-            self.fail(key, f"must be true or false (got {value!r})")
-        return value
-
-    def names(self, key: str) -> list[str]:
-        value = self._get(key, False, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.fail(key, f"must be a list of names (got {value!r})")
-        return list(value)
-
-    def paths(self, key: str) -> list[str]:
-        """A list of absolute paths (environment references expanded)."""
-        paths = []
-        for index, raw in enumerate(self.names(key)):
-            value = self.expanded(f"{key}[{index}]", raw)
-            if not os.path.isabs(value):
-                self.fail(f"{key}[{index}]", f"must be an absolute path on the worker (got {shown(raw, value)})")
-            paths.append(value)
-        return paths
-
-    def environment_variables(self, key: str) -> tuple[dict[str, str], frozenset[str]]:
-        """Plain (non-secret) environment variables for a server process, and the names of those
-        marked `{value: …, safe: true}`: only their values are shown in configuration backups."""
-        value = self._get(key, False, {})
-        if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping of NAME: value (got {type(value).__name__})")
-        variables, safe = {}, set()
-        for name, entry in value.items():
-            if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
-                self.fail(f"{key}.{str(name)[:64]}", "is not an environment variable name (A-Z, 0-9, _)")
-            if SECRET_LOOKING.search(name):
-                self.fail(f"{key}.{name}", "looks like a secret; keep secrets in Airflow connections")
-            if isinstance(entry, dict):
-                entry_reader = _Reader(entry, f"{self.where}.{key}.{name}".lstrip("."), self.source, self.target)
-                if entry_reader.flag("safe", False):
-                    safe.add(name)
-                entry = entry_reader._get("value", True, None)
-                entry_reader.done()
-            if isinstance(entry, bool) or not isinstance(entry, str | int | float) or len(str(entry)) > MAX_TEXT:
-                self.fail(f"{key}.{name}", f"must be a string of at most {MAX_TEXT} characters "
-                                           f"(got {type(entry).__name__})")
-            variables[name] = str(entry)
-        return variables, frozenset(safe)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            self.fail(unknown[0], f"unknown setting (known here: {', '.join(sorted(self.used))})")
 
 
 @dataclass(frozen=True)
@@ -236,7 +48,7 @@ class RdsConfig:
     snapshot_timeout_minutes: float = 60
 
     @classmethod
-    def read(cls, r: _Reader) -> RdsConfig:
+    def read(cls, r: Reader) -> RdsConfig:
         config = cls(instance_id=r.text("instance_id", pattern=RDS_ID, expand=True),
                      aws_conn_id=r.text("aws_conn_id", default="aws_default", pattern=CONN_ID, expand=True),
                      rollback=r.choice("rollback", ["snapshot", "dump"], default="snapshot"),
@@ -257,7 +69,7 @@ class DatabaseConfig:
     rds: RdsConfig | None = None
 
     @classmethod
-    def read(cls, r: _Reader) -> DatabaseConfig:
+    def read(cls, r: Reader) -> DatabaseConfig:
         kind = r.choice("kind", sorted(DATABASE_KINDS))
         if kind == "sqlite":
             config = cls(kind, path=r.path("path"))
@@ -308,7 +120,7 @@ class HelmConfig:
         return self.deployment, f"{self.deployment}{self.green_suffix}"
 
     @classmethod
-    def read(cls, r: _Reader) -> HelmConfig:
+    def read(cls, r: Reader) -> HelmConfig:
         k8s_name = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
         overrides = r._get("set", False, {})
         migration_values = r._get("migration_values", False, {"migration": {"enabled": True}})
@@ -354,7 +166,7 @@ class DriverConfig:
     """Names in `env` marked safe: their values are shown in configuration backups, others masked."""
 
     @classmethod
-    def read(cls, r: _Reader) -> DriverConfig:
+    def read(cls, r: Reader) -> DriverConfig:
         kind = r.choice("kind", sorted(DRIVER_KINDS))
         state_dir = r.path("state_dir")
         env, safe_env = r.environment_variables("env")
@@ -397,7 +209,7 @@ class EnvironmentConfig:
         return parsed.port or (443 if parsed.scheme == "https" else 80)
 
     @classmethod
-    def read(cls, name: str, r: _Reader) -> EnvironmentConfig:
+    def read(cls, name: str, r: Reader) -> EnvironmentConfig:
         config = cls(name, r.url("url"), DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
                      r.names("pause_dags"))
         for index, dag_id in enumerate(config.pause_dags):
@@ -420,7 +232,7 @@ class DrainConfig:
     airflow_api_conn_id: str = "airlock_airflow_api"
 
     @classmethod
-    def read(cls, r: _Reader) -> DrainConfig:
+    def read(cls, r: Reader) -> DrainConfig:
         config = cls(
             timeout_minutes=r.number("timeout_minutes", cls.timeout_minutes, minimum=0, maximum=7 * 24 * 60),
             poll_interval_seconds=r.number("poll_interval_seconds", cls.poll_interval_seconds, minimum=0.1,
@@ -450,7 +262,7 @@ class WatchConfig:
     decision_timeout_minutes: float = 60
 
     @classmethod
-    def read(cls, r: _Reader) -> WatchConfig:
+    def read(cls, r: Reader) -> WatchConfig:
         config = cls(
             interval_seconds=r.number("interval_seconds", cls.interval_seconds, minimum=0.1, maximum=3600),
             consecutive_failures=int(r.number("consecutive_failures", cls.consecutive_failures, minimum=1, maximum=1000,
@@ -474,7 +286,7 @@ class CompatibilityConfig:
     recent_artifacts: int = 5
 
     @classmethod
-    def read(cls, r: _Reader) -> CompatibilityConfig:
+    def read(cls, r: Reader) -> CompatibilityConfig:
         config = cls(client_files=r.paths("client_files"),
                      on_incompatible=r.choice("on_incompatible", ["fail", "warn"], default="fail"),
                      recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, maximum=1000, integer=True)))
@@ -500,7 +312,7 @@ class BackupConfig:
         return self.location.startswith("s3://")
 
     @classmethod
-    def read(cls, r: _Reader) -> BackupConfig:
+    def read(cls, r: Reader) -> BackupConfig:
         raw = r.data.get("location")
         location = r.text("location", expand=True)
         if location.startswith("s3://"):
@@ -524,7 +336,7 @@ class BackupConfig:
         return config
 
 
-def read_signing_key(r: _Reader) -> tuple[str, str]:
+def read_signing_key(r: Reader) -> tuple[str, str]:
     """`{variable: NAME}` or `{conn_id: NAME}`; the default variable when absent."""
     given = [kind for kind in ("variable", "conn_id") if r.data.get(kind) is not None]
     if len(given) > 1:
@@ -566,7 +378,7 @@ class TargetConfig:
         return self.environments[name]
 
     @classmethod
-    def read(cls, name: str, r: _Reader) -> TargetConfig:
+    def read(cls, name: str, r: Reader) -> TargetConfig:
         platform = r.choice("platform", sorted(PLATFORMS))
         description = r.text("description", default=f"{platform} target {name}")
         approvers = r.names("approvers")
@@ -599,7 +411,7 @@ class TargetConfig:
         target.check_database_kinds(r)
         return target
 
-    def check_database_kinds(self, r: _Reader) -> None:
+    def check_database_kinds(self, r: Reader) -> None:
         supported = PLATFORM_DATABASES[self.platform]
         for name, env in self.environments.items():
             if env.database.kind not in supported:
@@ -663,7 +475,7 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
         raise ConfigError(f"{source}: targets file not found (set {TARGETS_FILE_ENV})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
-    top = _Reader(raw if raw is not None else {}, "", source, None)
+    top = Reader(raw if raw is not None else {}, "", source, None)
     entries = top.child("targets")
     top.done()
     if not entries.data:
@@ -672,7 +484,7 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
     for name in entries.data:
         if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
             entries.fail(str(name), f"target names must match {TARGET_NAME.pattern}")
-        targets[name] = TargetConfig.read(name, _Reader(entries.data[name], "", source, name))
+        targets[name] = TargetConfig.read(name, Reader(entries.data[name], "", source, name))
     check_targets_are_distinct(source, targets)
     return targets
 
