@@ -164,9 +164,7 @@ def test_corrupted_file_fails_verification_naming_the_file(db, tmp_path):
 
 
 def test_backup_without_manifest_is_never_used(tmp_path):
-    database = SqliteDatabase(tmp_path / "mlflow.db")
-    with closing(sqlite3.connect(database.path)) as conn:
-        fill(conn, "sqlite")
+    database = filled_database("sqlite", tmp_path, "unused")
     store = store_in(tmp_path)
     take_backup(database, store, "b1", META)
     (store.path("b1") / "manifest.json").unlink()
@@ -305,11 +303,13 @@ def test_backup_sets_and_markers_are_owner_only(db, tmp_path):
     take_backup(db, store, "b1", META, {"version": "2.16.2"})
     verify_backup(db, store, "b1")
     store.mark_in_progress({"run_id": "r1"})
-    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in store.base.rglob("*")}
-    modes[str(store.base.relative_to(tmp_path))] = stat.S_IMODE(store.base.stat().st_mode)
-    assert {path for path, mode in modes.items() if mode not in (0o600, 0o700)} == set(), modes
-    assert stat.S_IMODE(store.marker_path().stat().st_mode) == 0o600
-    assert all(mode == 0o600 for path, mode in modes.items() if (tmp_path / path).is_file())
+    paths = [store.base, *store.base.rglob("*")]
+    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)}
+    assert wrong == {}  # folders 0700, files 0600: nothing readable by anyone else
+    checked = {p.name for p in paths if p.is_file()}
+    assert store.marker_path() in paths
+    assert checked - {"manifest.json", "verification.json", "configuration.json", store.marker_path().name}  # dumps
 
 
 def test_a_forged_set_in_the_store_is_refused_at_restore(db, tmp_path):
@@ -334,9 +334,7 @@ def test_a_forged_set_in_the_store_is_refused_at_restore(db, tmp_path):
 
 
 def test_a_manifest_naming_files_outside_its_set_is_refused(tmp_path):
-    database = SqliteDatabase(tmp_path / "mlflow.db")
-    with closing(sqlite3.connect(database.path)) as conn:
-        fill(conn, "sqlite")
+    database = filled_database("sqlite", tmp_path, "unused")
     store = store_in(tmp_path)
     take_backup(database, store, "b1", META)
     manifest = json.loads((store.path("b1") / "manifest.json").read_text())

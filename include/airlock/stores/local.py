@@ -71,8 +71,6 @@ class LocalBackupStore(BackupStore):
 
     def digest(self, backup_id: str, name: str) -> dict | None:
         path = self.path(backup_id) / name
-        if path.is_file():
-            path.chmod(0o600)  # a dump tool's file, now part of the set
         return {"sha256": sha256_of(path), "bytes": path.stat().st_size} if path.is_file() else None
 
     def write_json(self, backup_id: str, name: str, data: dict, tags: dict[str, str] | None = None) -> dict:
