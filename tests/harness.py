@@ -12,9 +12,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import platform_logins
 import yaml
 from airlock import upgrade_log
 from airlock.config import load_target
@@ -46,7 +47,7 @@ class Platform:
 PLATFORMS = {
     "mlflow": Platform("mlflow", OLD, NEW, "mysql", SEED_MLFLOW),
     "zenml": Platform("zenml", "0.90.0", "0.98.0", "mysql", SEED_ZENML,
-                      {"ZENML_SERVER_AUTH_SCHEME": "NO_AUTH", "ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS": "true"}),
+                      {"ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS": "true"}),
     "sematic": Platform("sematic", "0.39.1", "0.41.0", "sqlite", SEED_SEMATIC),
 }
 
@@ -67,6 +68,9 @@ class Scenario:
     """Per environment, Helm settings merged over the defaults (e.g. blue-green)."""
     environment_settings: dict[str, dict] = field(default_factory=dict)
     databases: dict[str, MysqlDatabase] = field(default_factory=dict)
+    auth: str | None = None
+    """Servers that require a login: "basic" (a user name and password) or "token" (a bearer token or
+    API key); Airlock logs in through an Airflow connection per environment (tests/platform_logins.py)."""
 
     def database_entry(self, env: str) -> dict:
         if self.platform.database == "sqlite":
@@ -82,8 +86,14 @@ class Scenario:
                 driver = {**driver, "kind": "helm", "helm": self.helm_entry(env)}
             if self.platform.server_env:
                 driver["env"] = dict(self.platform.server_env)
+            login = {}
+            if self.auth:
+                settings = platform_logins.server_settings(self.platform.name, self.auth, self.root / env)
+                driver = {**driver, "env": {**driver.get("env", {}), **settings.get("env", {})},
+                          "args": settings.get("args", []), "secret_env": settings.get("secret_env", {})}
+                login = {"auth": {"conn_id": platform_logins.conn_id_for(self.name, env)}}
             envs[env] = {"url": f"http://127.0.0.1:{port}", "driver": driver, "database": self.database_entry(env),
-                         **self.environment_settings.get(env, {})}
+                         **login, **self.environment_settings.get(env, {})}
         return {"platform": self.platform.name, "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
                 "backup": {"location": str(self.root / "backups")},
                 "drain": {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60},
@@ -99,8 +109,13 @@ class Scenario:
     def namespace(self, env: str) -> str:
         return f"{self.name.replace('_', '-')}-{env}"
 
-    def env(self, name: str) -> Environment:
+    def env(self, name: str, login: bool = True) -> Environment:
+        """An environment as Airlock opens it; `login=False` before its login exists (the server is
+        then checked only through its public health endpoint)."""
         target = load_target(self.name)
+        if not login:
+            target = replace(target, environments={**target.environments, name: replace(
+                target.environment(name), auth_conn_id=None)})
         return open_environment(target, name, resolve=lambda config: self.databases[name])
 
 
@@ -127,18 +142,28 @@ def seed(scenario: Scenario, env_name: str) -> None:
     argv = {"mlflow": [env.config.url], "zenml": [str(scenario.root / env_name / "team-artifacts")],
             "sematic": []}[scenario.platform.name]
     result = subprocess.run([str(python), str(scenario.platform.seed), *argv], capture_output=True, text=True,
-                            cwd=scratch, env={**os.environ, **env.adapter.client_env(str(scratch))})
+                            cwd=scratch, env={**os.environ, **env.adapter.client_env(str(scratch)),
+                                              **env.adapter.credential_env()})
     assert result.returncode == 0, f"seeding {env_name} of {scenario.name} failed:\n{result.stderr[-3000:]}"
 
 
 def start_and_seed(scenario: Scenario) -> None:
     """Both environments on the old version, seeded by the old version's own client."""
     for env_name in ("staging", "production"):
-        env = scenario.env(env_name)
+        if scenario.auth:
+            platform_logins.prepare(scenario.platform.name, scenario.auth, scenario.root / env_name)
+        env = scenario.env(env_name, login=False)
         if scenario.platform.name == "sematic":  # its server does not create its schema
             (scenario.root / env_name).mkdir(parents=True, exist_ok=True)
             env.driver.launch_migration(scenario.platform.old)
         env.driver.start(scenario.platform.old)
+        if scenario.auth:
+            scratch = scenario.root / env_name / "admin"
+            scratch.mkdir(parents=True, exist_ok=True)
+            credential = platform_logins.create_login(
+                scenario.platform.name, scenario.auth, env.config.url, env.driver.venv_path(scenario.platform.old),
+                scratch, env.database.sqlalchemy_uri())
+            platform_logins.set_connection(platform_logins.conn_id_for(scenario.name, env_name), credential)
         seed(scenario, env_name)
 
 
@@ -146,7 +171,7 @@ def stop_all(scenario: Scenario) -> None:
     """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases."""
     for env_name in ("staging", "production"):
         if scenario.driver == "process":
-            scenario.env(env_name).driver.stop()
+            scenario.env(env_name, login=False).driver.stop()
     for db in scenario.databases.values():
         db.drop()
 

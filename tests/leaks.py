@@ -3,13 +3,15 @@ that fails any test after which one of them shows up where it must not.
 
 Planted (each with characters URL quoting changes): the database password of every MySQL and
 PostgreSQL connection, the S3 secret key, the Kubernetes token Airlock deploys with, the password of
-the Airflow API connection, the backup signing key, and secrets only the worker holds (its cloud
-keys, an unused Airflow connection). Looked for, as written and URL-quoted:
+the Airflow API connection, the backup signing key, the platform servers' login (MLflow password and
+token, Sematic API key), and secrets only the worker holds (its cloud keys, an unused Airflow
+connection). Looked for, as written and URL-quoted:
 - files the tests' servers and Airflow write: task logs, the Airflow metadata database (XCom,
   rendered templates, trigger events), reports, configuration backups, upgrade logs, server logs;
 - the argv of every process Airlock starts (platform servers, migrations, artifact checks, database
   tools, pip, helm), and its environment: no worker secret and no AIRFLOW_/AWS_ variable at all; the
-  database password only in the one variable a server or migration reads its database URL from.
+  database password only in the one variable a server or migration reads its database URL from, the
+  platform login only in the one a client (the artifact check) reads it from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ PLANTED = {
     "kubernetes": f"kube-{MARK}@d/:%#-token",
     "airflow_api": f"api-{MARK}@d/:%#-pw",
     "signing_key": f"sign-{MARK}@d/:%#-key-0123456789",
+    "platform": f"plat-{MARK}@d/:%#-login",
     "worker_cloud_key": f"aws-{MARK}@d/:%#-worker",
     "worker_connection": f"conn-{MARK}@d/:%#-worker",
 }
@@ -41,12 +44,16 @@ WORKER_ENV = {
 """What a worker's environment holds and no process Airlock starts may inherit."""
 DATABASE_URL_VARIABLES = {"MLFLOW_BACKEND_STORE_URI", "ZENML_STORE_URL", "DATABASE_URL", "AIRLOCK_DB_URI"}
 """Where a server or a migration legitimately reads its database URL (with the password) from."""
+CLIENT_LOGIN_VARIABLES = {"MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "ZENML_STORE_API_KEY",
+                          "ZENML_STORE_PASSWORD", "SEMATIC_API_KEY"}
+"""Where a platform's client (the artifact check) reads the login Airlock gives it."""
 AIRLOCK_TOOLS = {"mydumper", "myloader", "mysqldump", "mysql", "mariadb", "pg_dump", "pg_restore", "psql",
                  "zstd", "helm"}
 TEST_OWNED = ("/tests/", "/demo/seed_", "sematic_slow_pipeline", "zenml_run_state")
 """Command lines of processes the tests start themselves (seeding, a team's pipeline)."""
-CREDENTIAL_FILES = ("kubeconfig", "tokens.csv", "simple_auth_manager_passwords", ".cnf")
-"""Files where the tests keep credentials on purpose (they are the clusters' and servers' own)."""
+CREDENTIAL_FILES = ("kubeconfig", "tokens.csv", "simple_auth_manager_passwords", ".cnf", "server.sqlite3")
+"""Files where the tests keep credentials on purpose (they are the clusters' and servers' own; Sematic
+keeps its users' API keys in its own database, in clear)."""
 
 
 def variants(secret: str) -> set[str]:
@@ -90,7 +97,8 @@ def process_problems(pid: str) -> list[str]:
         name, _, value = entry.decode(errors="replace").partition("=")
         if name.startswith(("AIRFLOW_", "AIRFLOW__", "AWS_")):
             problems.append(f"{what!r} inherited {name}")
-        allowed = ("database",) if name in DATABASE_URL_VARIABLES else ()
+        allowed = ("database",) if name in DATABASE_URL_VARIABLES else ("platform",) \
+            if name in CLIENT_LOGIN_VARIABLES else ()
         problems += [f"{what!r} has the {secret} secret in {name}" for secret in hits_in(value)
                      if secret not in allowed]
     return problems

@@ -8,16 +8,17 @@ version served, the data (fingerprints), production untouched, what the upgrade 
 from __future__ import annotations
 
 import http.server
+import json
+import os
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 from airlock import steps
 from airlock.backups import apply_retention, is_verified, load_backup, read_manifest
 from airlock.drivers.process import port_open
-from airlock.http import request_json
-from airlock.platforms.mlflow import MlflowAdapter
 from harness import (
     CONN_ID,
     NEW,
@@ -35,6 +36,7 @@ from harness import (
     write_targets,
     xcom,
 )
+from platform_logins import conn_id_for
 from services import TEST_PASSWORD, connection_uri_for_airflow
 
 pytestmark = pytest.mark.integration
@@ -44,8 +46,10 @@ pytestmark = pytest.mark.integration
 def world(tmp_path_factory, airflow_db, mlflow_venvs):
     root = tmp_path_factory.mktemp("upgrade")
     names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails", "pod_restart",
-             "answers_but_broken"]
-    scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i) for i, name in enumerate(names)}
+             "answers_but_broken", "wrong_login"]
+    logins = {"happy": "basic", "rejected": "token", "wrong_login": "basic"}
+    scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i, auth=logins.get(name))
+                 for i, name in enumerate(names)}
     # long enough for the crashed server to come back (MLflow 3 starts in 5-15 s here), as a pod would
     scenarios["pod_restart"].settings["watch"] = {"interval_seconds": 1, "consecutive_failures": 2,
                                                   "unhealthy_seconds": 90}
@@ -143,16 +147,17 @@ def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(w
     scenarios, targets_file = world
     s = scenarios["rejected"]
     start_and_seed(s)
-    staging = MlflowAdapter(s.env("staging").config.url)
+    staging = s.env("staging").adapter  # the servers want a bearer token: a training job sends one too
     experiment = staging.experiments()[0]["experiment_id"]
-    run_id = request_json("POST", f"{staging.url}/api/2.0/mlflow/runs/create",
-                          {"experiment_id": experiment, "start_time": int(time.time() * 1000)})["run"]["info"]["run_id"]
+    created = staging.request("POST", "/api/2.0/mlflow/runs/create",
+                              {"experiment_id": experiment, "start_time": int(time.time() * 1000)})
+    run_id = created["run"]["info"]["run_id"]
     finished_at: list[str] = []
 
     def finish_training_run():
         time.sleep(25)
-        request_json("POST", f"{staging.url}/api/2.0/mlflow/runs/update",
-                     {"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
+        staging.request("POST", "/api/2.0/mlflow/runs/update",
+                        {"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
         finished_at.append(datetime.now(UTC).isoformat(timespec="seconds"))
 
     threading.Thread(target=finish_training_run, daemon=True).start()
@@ -348,3 +353,46 @@ def test_a_broken_server_that_still_answers_is_not_rolled_back_without_a_human(w
     rolled_back = steps.rollback(production, run.run_id)
     assert rolled_back["version"] == OLD and served(s, "production") == OLD
     assert rolled_back["post_upgrade_backup"]["written_since_upgrade"]
+
+
+def test_a_wrong_or_missing_login_stops_the_run_at_preflight_naming_environment_and_connection(world, capfd):
+    scenarios, targets_file = world
+    s = scenarios["wrong_login"]
+    start_and_seed(s)
+    before = {env: (s.env(env).driver.running_pid(), served(s, env)) for env in ("staging", "production")}
+    production_conn = conn_id_for(s.name, "production")
+    variable = f"AIRFLOW_CONN_{production_conn.upper()}"
+    good = os.environ[variable]
+    unauthenticated = targets_file.with_name("targets-no-login.yaml")
+    write_targets(unauthenticated, [replace(s, auth=None)])
+    cases = {
+        "wrong password": (targets_file, {variable: json.dumps({**json.loads(good), "password": "not-it"})},
+                           [f"production: mlflow at {s.env('production', login=False).config.url} refused the user "
+                            f"name and password of Airflow connection {production_conn!r}", "HTTP 401"]),
+        "no such connection": (targets_file, {variable: None},
+                               [f"Airflow connection {production_conn!r} (environments.production.auth.conn_id) "
+                                "does not exist"]),
+        "no login configured": (unauthenticated, {},
+                                ["requires a login (HTTP 401) and this environment has none: set its auth.conn_id"]),
+    }
+    try:
+        for case, (file, connections, expected) in cases.items():
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in connections.items():
+                    patch.delenv(name) if value is None else patch.setenv(name, value)
+                capfd.readouterr()
+                run, _ = run_upgrade("airlock_upgrade__wrong_login", file, {"target_version": NEW}, answer=None)
+                out, err = capfd.readouterr()
+            states = task_states(run)
+            assert str(run.state) == "failed", case
+            assert states["preflight.validate"] == "failed", (case, states)
+            worked = [task for task, state in states.items() if state == "success"
+                      and not task.startswith(("preflight.", "conclude.")) and "rollback" not in task]
+            assert worked == [], (case, worked)  # a rollback task finds nothing to roll back
+            for text in [*expected, "Nothing was touched"]:
+                assert text in out + err, (case, text)
+            assert not (s.root / "backups" / "wrong_login").exists(), case  # no backup, no marker
+            assert {env: (s.env(env).driver.running_pid(), served(s, env))
+                    for env in ("staging", "production")} == before, case
+    finally:
+        os.environ[variable] = good

@@ -30,7 +30,7 @@ OLD, NEW = PLATFORMS["sematic"].old, PLATFORMS["sematic"].new
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db, sematic_venvs):
     root = tmp_path_factory.mktemp("sematic")
-    scenario = make_scenario("sematic_happy", root, 5210, 5211, "sematic")
+    scenario = make_scenario("sematic_happy", root, 5210, 5211, "sematic", auth="token")
     targets_file = root / "targets.yaml"
     write_targets(targets_file, [scenario])
     with pytest.MonkeyPatch.context() as patch:
@@ -71,16 +71,18 @@ def test_drain_sees_a_sematic_pipeline_until_it_resolves(world, tmp_path):
     release = tmp_path / "release"
     pipeline = subprocess.Popen([str(python), str(Path(__file__).with_name("sematic_slow_pipeline.py")),
                                  str(release)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env.adapter.client_env(str(tmp_path))})
+                                env={**os.environ, **env.adapter.client_env(str(tmp_path)),
+                                     **env.adapter.credential_env()})
+    login = {"auth_conn_id": env.config.auth_conn_id, "environment": "staging"}
     try:
         deadline, check = time.monotonic() + 60, {"done": True}
         while check["done"] and time.monotonic() < deadline:
             time.sleep(0.5)
-            check = drain_check("sematic", env.config.url, stale_after_minutes=60)
+            check = drain_check("sematic", env.config.url, stale_after_minutes=60, **login)
         assert check["done"] is False, "the running pipeline never showed up"
         assert len(check["runs"]) == 1 and "'nightly retrain'" in check["runs"][0]["description"]
     finally:
         release.touch()
         output = pipeline.communicate(timeout=60)[0].decode()
     assert pipeline.returncode == 0, output[-2000:]
-    assert drain_check("sematic", env.config.url, stale_after_minutes=60)["done"] is True
+    assert drain_check("sematic", env.config.url, stale_after_minutes=60, **login)["done"] is True

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from airlock.platforms.zenml import ZenmlAdapter
 from airlock.triggers import drain_check
 from harness import (
     CONN_ID,
@@ -38,7 +37,7 @@ OLD, NEW = PLATFORMS["zenml"].old, PLATFORMS["zenml"].new
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db, zenml_venvs):
     root = tmp_path_factory.mktemp("zenml")
-    scenarios = {name: make_scenario(name, root, port, port + 1, "zenml")
+    scenarios = {name: make_scenario(name, root, port, port + 1, "zenml", auth="token")
                  for name, port in (("zenml_happy", 5200), ("zenml_crash", 5202))}
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
@@ -99,15 +98,18 @@ def test_zenml_crash_after_upgrade_brings_back_the_090_server_and_its_data(world
     assert states["conclude.rollback_production"] == "success", states
     assert str(run.state) == "failed"
     assert served(s, "production") == OLD
-    # The 0.98 schema is gone: every table as before. The running 0.90 server rewrites its
-    # server_settings row itself (last_user_activity, on every request), so only its row count is compared.
+    # The 0.98 schema is gone: every table as before. The running 0.90 server rewrites two tables itself
+    # (server_settings: last_user_activity on every request; api_key: last_login on every login), so
+    # only their row counts are compared.
     after = s.databases["production"].table_stats()
     assert after.keys() == tables.keys()
-    assert {t: v for t, v in after.items() if t != "server_settings"} == \
-        {t: v for t, v in tables.items() if t != "server_settings"}
-    assert after["server_settings"]["rows"] == tables["server_settings"]["rows"]
+    self_written = production.adapter.self_written_tables
+    assert set(self_written) == {"server_settings", "api_key"}
+    assert {t: v for t, v in after.items() if t not in self_written} == \
+        {t: v for t, v in tables.items() if t not in self_written}
+    assert all(after[t]["rows"] == tables[t]["rows"] for t in self_written)
     assert fingerprints(s)["production"] == before["production"]
-    assert ZenmlAdapter(production.config.url).fingerprint().counts["runs"] == 2
+    assert s.env("production").adapter.fingerprint().counts["runs"] == 2
     assert served(s, "staging") == NEW
     assert last_record(s)["outcome"] == "rolled_back"
 
@@ -122,14 +124,16 @@ def test_drain_sees_a_running_zenml_pipeline_until_it_is_gone(world, tmp_path):
     def run_state(*args: str) -> str:
         script = Path(__file__).with_name("zenml_run_state.py")
         result = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, cwd=tmp_path,
-                                env={**os.environ, **env.adapter.client_env(str(tmp_path))})
+                                env={**os.environ, **env.adapter.client_env(str(tmp_path)),
+                                     **env.adapter.credential_env()})
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
     run_id = run_state("start")
-    check = drain_check("zenml", env.config.url, stale_after_minutes=60)
+    login = {"auth_conn_id": env.config.auth_conn_id, "environment": "staging"}
+    check = drain_check("zenml", env.config.url, stale_after_minutes=60, **login)
     assert check["done"] is False
     assert [run["description"].split(" ")[1] for run in check["runs"]] == [run_id]
     assert "pipeline 'training' (running)" in check["runs"][0]["description"]
     run_state("remove", run_id)
-    assert drain_check("zenml", env.config.url, stale_after_minutes=60)["done"] is True
+    assert drain_check("zenml", env.config.url, stale_after_minutes=60, **login)["done"] is True

@@ -164,6 +164,12 @@ class DriverConfig:
     helm: HelmConfig | None = None
     safe_env: frozenset[str] = frozenset()
     """Names in `env` marked safe: their values are shown in configuration backups, others masked."""
+    secret_env: dict[str, str] = field(default_factory=dict)
+    """Secret environment of a process server (e.g. MLFLOW_FLASK_SERVER_SECRET_KEY): NAME → the Airflow
+    connection whose password is the value, read when the server starts, never written anywhere."""
+    args: list[str] = field(default_factory=list)
+    """Extra arguments of a process server's command line, e.g. MLflow's `--app-name basic-auth`
+    (argv is visible to every user of the machine: never a secret here, use `env`)."""
 
     @classmethod
     def read(cls, r: Reader) -> DriverConfig:
@@ -180,7 +186,12 @@ class DriverConfig:
             env=env,
             helm=HelmConfig.read(r.child("helm")) if kind == "helm" else None,
             safe_env=safe_env,
+            secret_env=r.secret_variables("secret_env", CONN_ID),
+            args=r.names("args"),
         )
+        for key in ("args", "secret_env"):
+            if kind != "process" and getattr(config, key):
+                r.fail(key, "is only for kind: process (a chart sets its server's in its values and Secrets)")
         if kind != "helm" and r.data.get("helm") is not None:
             r.fail("helm", "is only for kind: helm")
         r.done()
@@ -198,6 +209,8 @@ class EnvironmentConfig:
     pause_dags: list[str] = field(default_factory=list)
     """Airflow DAGs (the teams' training DAGs) paused from the drain until this environment's
     upgrade ends, whatever the outcome; DAGs that were already paused are left paused."""
+    auth_conn_id: str | None = None
+    """The Airflow connection Airlock logs in to this environment's server with (every call)."""
 
     @property
     def host(self) -> str:
@@ -210,8 +223,11 @@ class EnvironmentConfig:
 
     @classmethod
     def read(cls, name: str, r: Reader) -> EnvironmentConfig:
+        auth = r.child("auth", required=False)
+        auth_conn_id = auth.text("conn_id", pattern=CONN_ID, expand=True) if auth.data else None
+        auth.done()
         config = cls(name, r.url("url"), DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
-                     r.names("pause_dags"))
+                     r.names("pause_dags"), auth_conn_id)
         for index, dag_id in enumerate(config.pause_dags):
             if not DAG_ID.fullmatch(dag_id):
                 r.fail(f"pause_dags[{index}]", f"{dag_id!r} is not a DAG id")

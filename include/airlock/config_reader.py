@@ -196,6 +196,21 @@ class Reader:
             variables[name] = str(entry)
         return variables, frozenset(safe)
 
+    def secret_variables(self, key: str, conn_id: re.Pattern) -> dict[str, str]:
+        """Secret environment variables for a server process, each `NAME: {conn_id: …}`: the value is
+        that Airflow connection's password, read when the server starts."""
+        value = self._get(key, False, {})
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping of NAME: {{conn_id: …}} (got {type(value).__name__})")
+        variables = {}
+        for name, entry in value.items():
+            if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+                self.fail(f"{key}.{str(name)[:64]}", "is not an environment variable name (A-Z, 0-9, _)")
+            entry_reader = Reader(entry, f"{self.where}.{key}.{name}".lstrip("."), self.source, self.target)
+            variables[name] = entry_reader.text("conn_id", pattern=conn_id, expand=True)
+            entry_reader.done()
+        return variables
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:

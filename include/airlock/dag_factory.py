@@ -117,6 +117,7 @@ def drain_steps(target: TargetConfig, name: str) -> tuple[list, list]:
     group, env_config = f"{name}_upgrade", target.environment(name)
     sensor = functools.partial(
         DrainSensor, platform=target.platform, url=env_config.url, environment=name,
+        auth_conn_id=env_config.auth_conn_id,
         timeout_minutes="{{ params.drain_timeout_minutes }}", poll_interval=target.drain.poll_interval_seconds,
         stale_after_minutes=target.drain.stale_after_minutes, **NO_RETRY)
     drain = sensor(task_id="drain", ask_on_timeout=True)

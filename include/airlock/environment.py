@@ -98,8 +98,17 @@ class Environment:
 
 
 def open_adapter(target: TargetConfig, name: str) -> PlatformAdapter:
-    """The platform adapter of one environment (no database connection needed)."""
-    return load_class(PLATFORMS, target.platform)(target.environment(name).url)
+    """The platform adapter of one environment (no database connection needed), logged in with the
+    environment's credential."""
+    return adapter_for(target.platform, target.environment(name).url, target.environment(name).auth_conn_id, name)
+
+
+def adapter_for(platform: str, url: str, auth_conn_id: str | None, environment: str) -> PlatformAdapter:
+    """An adapter for `url`, with the credential of Airflow connection `auth_conn_id` when one is named."""
+    from airlock.platform_auth import credential_from_connection
+
+    credential = credential_from_connection(auth_conn_id, environment) if auth_conn_id else None
+    return load_class(PLATFORMS, platform)(url, credential)
 
 
 def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver | None = None) -> Environment:

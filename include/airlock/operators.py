@@ -59,13 +59,15 @@ class DrainSensor(PollSensor):
     ui_color = "#fdf2d0"
 
     def __init__(self, *, platform: str, url: str, environment: str, stale_after_minutes: float,
-                 ask_on_timeout: bool = False, **kwargs):
+                 ask_on_timeout: bool = False, auth_conn_id: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.platform, self.url, self.environment = platform, url, environment
         self.stale_after_minutes, self.ask_on_timeout = stale_after_minutes, ask_on_timeout
+        self.auth_conn_id = auth_conn_id
 
     def check_kwargs(self) -> dict[str, Any]:
-        return {"platform": self.platform, "url": self.url, "stale_after_minutes": self.stale_after_minutes}
+        return {"platform": self.platform, "url": self.url, "stale_after_minutes": self.stale_after_minutes,
+                "auth_conn_id": self.auth_conn_id, "environment": self.environment}
 
     def on_done(self, event: dict) -> dict:
         stale = [run["description"] for run in event["runs"] if run["stale"]]

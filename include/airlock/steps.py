@@ -66,8 +66,10 @@ def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id
         raise UpgradeError("refusing to upgrade: two environments reach the same database, so one upgrade would "
                            "stop, migrate or restore what the other uses: " + "; ".join(shared) +
                            ". Nothing was touched. Give each environment its own database in the targets file.")
+    logins = {}
     for env in envs:
         check_signing_key(env)
+        logins[env.name] = env.adapter.check_access()
         marker = env.store.in_progress()
         if marker and marker.get("run_id") != run_id:
             raise UpgradeError(
@@ -76,7 +78,7 @@ def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id
                 "Roll it back by clearing that run's rollback task, or, once you have checked the server "
                 "by hand, delete the marker file."
             )
-    return {"target": target.name, "requested": requested, "platform": target.platform}
+    return {"target": target.name, "requested": requested, "platform": target.platform, "logins": logins}
 
 
 def check_signing_key(env: Environment) -> None:

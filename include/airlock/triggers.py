@@ -10,8 +10,6 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airlock.registry import PLATFORMS, load_class
-
 
 class CheckFailed(RuntimeError):
     """A check's verdict (a snapshot that failed, a Job that vanished): fails the wait at once. Any
@@ -23,11 +21,19 @@ MAX_CONSECUTIVE_ERRORS = 6
 BACKOFF_CAP_SECONDS = 60.0
 
 
-def drain_check(platform: str, url: str, stale_after_minutes: float) -> dict:
-    """Done when no active run is left; stale runs are reported but not waited for."""
-    adapter = load_class(PLATFORMS, platform)(url)
-    runs = [{"description": run.describe(), "stale": run.stale}
-            for run in adapter.running_runs(timedelta(minutes=stale_after_minutes))]
+def drain_check(platform: str, url: str, stale_after_minutes: float, auth_conn_id: str | None = None,
+                environment: str = "") -> dict:
+    """Done when no active run is left; stale runs are reported but not waited for. The credential is
+    looked up by connection id on each poll (trigger kwargs are stored: they carry no secret)."""
+    from airlock.environment import adapter_for
+    from airlock.platform_auth import AuthError
+
+    try:
+        adapter = adapter_for(platform, url, auth_conn_id, environment)
+        found = adapter.running_runs(timedelta(minutes=stale_after_minutes))
+    except AuthError as error:  # a refused login does not fix itself: fail now, saying which
+        raise CheckFailed(str(error)) from None
+    runs = [{"description": run.describe(), "stale": run.stale} for run in found]
     active = [run for run in runs if not run["stale"]]
     return {"done": not active, "runs": active or runs}
 

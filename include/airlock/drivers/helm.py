@@ -229,7 +229,7 @@ class HelmDriver:
         if live == target:
             return {"skipped": "already switched"}
         name = self.config.releases[target]
-        check = type(self.adapter)(self.config.release_urls[name])
+        check = type(self.adapter)(self.config.release_urls[name], self.adapter.credential)
         check.wait_healthy(self.env.driver.start_timeout_seconds)
         served = check.server_version()
         if served != version:

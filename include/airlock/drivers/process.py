@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from airlock.airflow_connections import airflow_secret
 from airlock.child_env import child_env
 from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
@@ -137,7 +138,8 @@ class ProcessDriver:
         command = self.adapter.server_command(bin_dir, self.env.host, self.env.port,
                                               self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
         own = self.env.driver.env
-        return Command(command.argv, {**command.env, **own}, command.secret_env,
+        secrets = {name: airflow_secret(conn_id=conn_id) for name, conn_id in self.env.driver.secret_env.items()}
+        return Command(command.argv + self.env.driver.args, {**command.env, **own}, {**command.secret_env, **secrets},
                        masked_env=frozenset(own) - self.env.driver.safe_env)
 
     def migration_command(self, version: str, database: Database | None = None) -> Command:

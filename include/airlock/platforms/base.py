@@ -17,7 +17,8 @@ from pathlib import Path
 from packaging.version import Version
 
 from airlock.child_env import child_env
-from airlock.http import ServerError, request_text
+from airlock.http import ServerError, request_json, request_text
+from airlock.platform_auth import AuthError, Credential
 from airlock.redaction import MARK, redact_text, secret_name
 
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
@@ -110,8 +111,69 @@ class PlatformAdapter(ABC):
     """Tables the server rewrites by itself on any request (activity timestamps): not the users'
     data, so Airlock compares only their row counts."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, credential: Credential | None = None):
         self.url = url.rstrip("/")
+        self.credential = credential
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that log in to the server with `self.credential` (none without one)."""
+        return {}
+
+    def credential_env(self) -> dict[str, str]:
+        """Environment that logs this platform's client in with `self.credential` (none without one)."""
+        return {}
+
+    def forget_session(self) -> bool:
+        """Drop a session token the server no longer accepts (it restarted with a new signing key);
+        True when there was one, so the call is worth one more try."""
+        return False
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One JSON call to the server, logged in; a refused login says which credential to fix."""
+        return self._logged_in(lambda: request_json(method, f"{self.url}{path}", body, headers=self.auth_headers()))
+
+    def text(self, path: str, public: bool = False) -> str:
+        """GET a plain-text endpoint; `public` ones (health) are asked without logging in, so a server
+        that is down reads as down, not as a failed login."""
+        return self._logged_in(lambda: request_text(f"{self.url}{path}", headers={} if public else self.auth_headers()))
+
+    def _logged_in(self, call):
+        for attempt in (1, 2):
+            try:
+                return call()
+            except ServerError as error:
+                if attempt == 1 and error.status == 401 and self.forget_session():
+                    continue
+                raise self.refused(error) from None
+
+    def refused(self, error: ServerError) -> ServerError:
+        """A 401/403 as an AuthError that names the environment's credential; other errors unchanged."""
+        if error.status not in (401, 403):
+            return error
+        if self.credential is None:
+            return AuthError(f"{self.name} at {self.url} requires a login (HTTP {error.status}) and this environment "
+                             "has none: set its auth.conn_id to an Airflow connection with the server's user "
+                             "name and password, or a token as the password. Nothing was touched.")
+        kind = "user name and password" if self.credential.is_login else "token / API key"
+        return AuthError(f"{self.credential.environment}: {self.name} at {self.url} refused the {kind} of "
+                         f"{self.credential.where} (HTTP {error.status}): fix the connection (or the user's "
+                         "permissions on the server) and clear the task. Nothing was touched.")
+
+    def check_access(self) -> dict:
+        """Preflight: one authenticated read, so a wrong or missing login stops the run before anything
+        is touched. A server that does not answer is left to the health check."""
+        try:
+            self.access_probe()
+        except AuthError:
+            raise
+        except ServerError as error:
+            return {"login": "not checked", "why": str(error)}
+        return {"login": "accepted" if self.credential else "none needed",
+                **({"conn_id": self.credential.conn_id} if self.credential else {})}
+
+    @abstractmethod
+    def access_probe(self) -> None:
+        """The cheapest call that needs a login on this platform."""
 
     @abstractmethod
     def health(self) -> None:
@@ -162,7 +224,8 @@ class PlatformAdapter(ABC):
                 result = subprocess.run(
                     [str(venv / "bin" / "python"), str(script)], capture_output=True, text=True, timeout=timeout,
                     cwd=scratch, check=False,
-                    env=child_env({**self.client_env(scratch), "AIRLOCK_ARTIFACT_COUNT": str(count)}))
+                    env=child_env({**self.client_env(scratch), **self.credential_env(),
+                                   "AIRLOCK_ARTIFACT_COUNT": str(count)}))
             except subprocess.TimeoutExpired:
                 raise ServerError(f"loading the {count} most recent artifacts of {self.url} with the client in "
                                   f"{venv} did not finish within {timeout:.0f} s and was stopped; a model that "
@@ -205,6 +268,3 @@ class PlatformAdapter(ABC):
                 f"(exit {result.returncode}): {result.stderr.strip()[-300:]}"
             )
         return [v.strip() for v in match.group(1).split(",") if v.strip()]
-
-    def text(self, path: str) -> str:
-        return request_text(f"{self.url}{path}")

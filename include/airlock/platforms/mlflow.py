@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from packaging.version import Version
 
-from airlock.http import ServerError, request_json
+from airlock.http import ServerError
 from airlock.platforms.base import (
     Command,
     Fingerprint,
@@ -57,9 +57,28 @@ class MlflowAdapter(PlatformAdapter):
     def client_env(self, scratch_dir: str) -> dict[str, str]:
         return {"MLFLOW_TRACKING_URI": self.url}
 
+    # -- logging in: the basic-auth app's users, or a bearer token (a proxy or an auth plugin) --
+    def auth_headers(self) -> dict[str, str]:
+        if self.credential is None:
+            return {}
+        if self.credential.is_login:
+            return {"Authorization": self.credential.basic_header()}
+        return {"Authorization": f"Bearer {self.credential.secret}"}
+
+    def credential_env(self) -> dict[str, str]:
+        if self.credential is None:
+            return {}
+        if self.credential.is_login:
+            return {"MLFLOW_TRACKING_USERNAME": self.credential.username,
+                    "MLFLOW_TRACKING_PASSWORD": self.credential.secret}
+        return {"MLFLOW_TRACKING_TOKEN": self.credential.secret}
+
+    def access_probe(self) -> None:
+        self._post("/experiments/search", {"max_results": 1})
+
     # -- server -------------------------------------------------------------------------------
     def health(self) -> None:
-        answer = self.text("/health")
+        answer = self.text("/health", public=True)
         if answer != "OK":
             raise ServerError(f"GET {self.url}/health answered {answer!r}, expected 'OK'")
 
@@ -67,7 +86,7 @@ class MlflowAdapter(PlatformAdapter):
         return self.text("/version")
 
     def install_requirements(self, version: str) -> list[str]:
-        requirements = [f"mlflow=={version}", "pymysql==1.2.4", "psycopg2-binary==2.9.13"]
+        requirements = [f"mlflow[auth]=={version}", "pymysql==1.2.4", "psycopg2-binary==2.9.13"]
         if Version(version).major < 3:
             # mlflow 2.x crashes at start with SQLAlchemy 2.1 (FallbackAsyncAdaptedQueuePool).
             requirements.append("sqlalchemy<2.1")
@@ -89,10 +108,10 @@ class MlflowAdapter(PlatformAdapter):
 
     # -- reading ------------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
-        return request_json("POST", f"{self.url}{API}{path}", body)
+        return self.request("POST", f"{API}{path}", body)
 
     def _get(self, path: str) -> dict:
-        return request_json("GET", f"{self.url}{API}{path}")
+        return self.request("GET", f"{API}{path}")
 
     def _paged(self, fetch, key: str) -> list[dict]:
         items, token = [], None

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from packaging.version import Version
 
-from airlock.http import ServerError, request_json
+from airlock.http import ServerError
 from airlock.platforms.base import (
     Command,
     Fingerprint,
@@ -90,9 +90,19 @@ class SematicAdapter(PlatformAdapter):
     def client_env(self, scratch_dir: str) -> dict[str, str]:
         return {"SEMATIC_API_ADDRESS": self.url, "HOME": scratch_dir}
 
+    # -- logging in: a user's API key (servers started with SEMATIC_AUTHENTICATE) ---------------
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-API-KEY": self.credential.secret} if self.credential else {}
+
+    def credential_env(self) -> dict[str, str]:
+        return {"SEMATIC_API_KEY": self.credential.secret} if self.credential else {}
+
+    def access_probe(self) -> None:
+        self._get("/runs?limit=1")
+
     # -- reading ------------------------------------------------------------------------------
     def _get(self, path: str) -> dict:
-        return request_json("GET", f"{self.url}{API}{path}")
+        return self.request("GET", f"{API}{path}")
 
     def listing(self, resource: str, filters: dict | None = None) -> list[dict]:
         """Every item of a list endpoint, following its cursors."""
@@ -142,13 +152,13 @@ class SematicAdapter(PlatformAdapter):
                     "seconds": round(time.monotonic() - started, 3)}
         root_id = roots["content"][0]["id"]
         text = f"{SMOKE_NOTE_PREFIX}{uuid.uuid4().hex[:12]}"
-        note = request_json("POST", f"{self.url}{API}/notes",
+        note = self.request("POST", f"{API}/notes",
                             {"note": {"note": text, "run_id": root_id, "root_id": root_id}})["content"]
         try:
             stored = [n for n in self._get("/notes").get("content", []) if n["id"] == note["id"]]
             if not stored or stored[0]["note"] != text:
                 raise ServerError(f"smoke test on {self.url}: note {note['id']} did not read back as written")
         finally:
-            request_json("DELETE", f"{self.url}{API}/notes/{note['id']}")
+            self.request("DELETE", f"{API}/notes/{note['id']}")
         return {"note": text, "run": root_id, "created_and_deleted": True,
                 "seconds": round(time.monotonic() - started, 3)}

@@ -58,11 +58,13 @@ class ZenmlAdapter(PlatformAdapter):
     package = "zenml"
     client_rule = "exactly the server's version"
     downgrade_note = "ZenML does not support downgrading a server; restore a backup taken before the upgrade instead"
-    self_written_tables = ("server_settings",)  # last_user_activity, on every request
+    self_written_tables = ("server_settings", "api_key")
+    """server_settings: last_user_activity, on every request; api_key: last_login, on every login."""
+    _token: str | None = None
 
     # -- server -------------------------------------------------------------------------------
     def health(self) -> None:
-        answer = self.text("/health")
+        answer = self.text("/health", public=True)
         if answer.strip('"').lower() != "ok":
             raise ServerError(f"GET {self.url}/health answered {answer!r}, expected 'OK'")
 
@@ -94,9 +96,39 @@ class ZenmlAdapter(PlatformAdapter):
         return {"ZENML_STORE_URL": self.url, "ZENML_CONFIG_PATH": scratch_dir,
                 "ZENML_ANALYTICS_OPT_IN": "false", "ZENML_LOGGING_VERBOSITY": "WARN"}
 
+    # -- logging in: a service account's API key (or a user's name and password), exchanged at
+    # /login for a short-lived token, as ZenML's own client does ---------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        if self.credential is None:
+            return {}
+        if self._token is None:
+            form = ({"grant_type": "password", "username": self.credential.username,
+                     "password": self.credential.secret} if self.credential.is_login
+                    else {"grant_type": "zenml-api-key", "password": self.credential.secret})
+            try:
+                answer = request_json("POST", f"{self.url}{API}/login", form=form)
+            except ServerError as error:
+                raise self.refused(error) from None
+            self._token = answer["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def forget_session(self) -> bool:
+        had, self._token = self._token is not None, None
+        return had
+
+    def credential_env(self) -> dict[str, str]:
+        if self.credential is None:
+            return {}
+        if self.credential.is_login:
+            return {"ZENML_STORE_USERNAME": self.credential.username, "ZENML_STORE_PASSWORD": self.credential.secret}
+        return {"ZENML_STORE_API_KEY": self.credential.secret}
+
+    def access_probe(self) -> None:
+        self._get("/current-user")
+
     # -- reading ------------------------------------------------------------------------------
     def _get(self, path: str) -> dict:
-        return request_json("GET", f"{self.url}{API}{path}")
+        return self.request("GET", f"{API}{path}")
 
     def items(self, resource: str, **filters: str) -> list[dict]:
         """Every item of a list endpoint, page by page."""
@@ -149,13 +181,13 @@ class ZenmlAdapter(PlatformAdapter):
         """A REST round trip through the database: create a tag, read it back, delete it."""
         started = time.monotonic()
         name = f"{SMOKE_TAG_PREFIX}{uuid.uuid4().hex[:12]}"
-        created = request_json("POST", f"{self.url}{API}/tags", {"name": name})
+        created = self.request("POST", f"{API}/tags", {"name": name})
         try:
             read = self._get(f"/tags/{created['id']}")
             if read.get("name") != name:
                 raise ServerError(f"smoke test on {self.url}: tag {created['id']} read back as {read.get('name')!r}")
         finally:
-            request_json("DELETE", f"{self.url}{API}/tags/{created['id']}")
+            self.request("DELETE", f"{API}/tags/{created['id']}")
         return {"tag": name, "created_and_deleted": True, "seconds": round(time.monotonic() - started, 3)}
 
     def follow_ups(self, new_version: str) -> dict:

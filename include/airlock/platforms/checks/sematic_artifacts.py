@@ -1,4 +1,5 @@
-"""Load the most recent artifacts with this Sematic client (SEMATIC_API_ADDRESS)."""
+"""Load the most recent artifacts with this Sematic client (SEMATIC_API_ADDRESS, and SEMATIC_API_KEY
+when the server authenticates)."""
 
 import json
 import os
@@ -8,7 +9,9 @@ from sematic import api_client
 
 count = int(os.environ["AIRLOCK_ARTIFACT_COUNT"])
 url = f"{os.environ['SEMATIC_API_ADDRESS'].rstrip('/')}/api/v1/artifacts?limit={max(count, 1)}"
-with urllib.request.urlopen(url, timeout=30) as answer:
+key = os.environ.get("SEMATIC_API_KEY")
+listing = urllib.request.Request(url, headers={"X-API-KEY": key} if key else {})
+with urllib.request.urlopen(listing, timeout=30) as answer:
     artifacts = json.load(answer)["content"][:count]
 for artifact in artifacts:
     item = {"id": artifact["id"], "name": f"artifact {artifact['id'][:12]}"}
