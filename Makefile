@@ -4,7 +4,9 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.airlock-installed
-DEB_PKGS  := default-libmysqlclient-dev pkg-config mariadb-client mydumper postgresql-client-15 zstd
+TOOL_PKGS := mariadb-client mydumper postgresql-client-15 zstd
+# ^ the tools Airlock's tasks call: the Dockerfile installs the same (tests/test_compose.py checks it)
+DEB_PKGS  := default-libmysqlclient-dev pkg-config redis-server $(TOOL_PKGS)
 APT       := apt-get -o DPkg::Lock::Timeout=300 -y -qq
 
 .PHONY: demo test lint deps system-deps clean

@@ -1,0 +1,181 @@
+"""A distributed Airflow, started by the tests: PostgreSQL as the metadata database, Redis as the Celery
+broker, and `airflow api-server`, `scheduler`, `dag-processor`, `triggerer` and two `celery worker`
+processes, each with its own AIRFLOW_HOME, HOME and working directory (no local directory shared), as
+on separate machines. `COMPONENTS` and `EXECUTOR_SETTINGS` are also what docker-compose.yaml runs
+(tests/test_compose.py holds the two together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airlock.http import ServerError, request_json, request_text
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+COMPONENTS = {
+    "api-server": ["api-server"],
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+    "worker": ["celery", "worker"],
+}
+"""`airflow <arguments>` of each component (the official image's entrypoint is `airflow`)."""
+EXECUTOR_SETTINGS = {
+    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+    "AIRFLOW__CELERY__BROKER_URL": "redis://{redis}/0",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql+psycopg2://{postgres}",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://{postgres}",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://{api}/execution/",
+}
+"""The settings that make it a Celery deployment; `{…}` are each deployment's addresses."""
+WORKERS = ("worker-a", "worker-b")
+DATABASE = "airlock_distributed_airflow"
+API_PORT, REDIS_PORT, LOG_PORTS = 5270, 5271, {"worker-a": 5272, "worker-b": 5273}
+
+
+@dataclass
+class DistributedAirflow:
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """What every component sees besides Airflow's settings (targets file, connections, variables)."""
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.secrets = {"AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                        "AIRFLOW__CORE__FERNET_KEY": fernet_key()}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{API_PORT}"
+
+    def settings(self) -> dict[str, str]:
+        addresses = {"redis": f"127.0.0.1:{REDIS_PORT}", "postgres": f"postgres@127.0.0.1:5432/{DATABASE}",
+                     "api": f"127.0.0.1:{API_PORT}"}
+        return {**{name: value.format(**addresses) for name, value in EXECUTOR_SETTINGS.items()}, **self.secrets,
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "distributed_hostname.hostname",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "passwords.json"),
+                "AIRFLOW__API__PORT": str(API_PORT), "AIRFLOW__API__BASE_URL": self.api_url,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+                "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "include")])}
+
+    def env_of(self, name: str) -> dict[str, str]:
+        """A component's environment: its own home, as if on its own machine."""
+        home = self.root / name
+        (home / "airflow").mkdir(parents=True, exist_ok=True)
+        worker = {"AIRLOCK_TEST_HOSTNAME": name,
+                  "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(LOG_PORTS[name])} if name in WORKERS else {}
+        return {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LANG": "C.UTF-8",
+                "HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), **self.settings(), **worker,
+                **self.extra_env}
+
+    def argv_of(self, name: str) -> list[str]:
+        component = "worker" if name in WORKERS else name
+        extra = ["--celery-hostname", f"{name}@%h", "--queues", "default"] if name in WORKERS else []
+        return [str(Path(sys.executable).with_name("airflow")), *COMPONENTS[component], *extra]
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        fresh_database()
+        self.processes["redis"] = subprocess.Popen(
+            ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root)], stdout=self.log("redis"), stderr=subprocess.STDOUT, start_new_session=True)
+        migrate = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                                 env=self.env_of("init"), cwd=self.root, capture_output=True, text=True)
+        assert migrate.returncode == 0, migrate.stderr[-3000:]
+        for name in ("api-server", "scheduler", "dag-processor", "triggerer", *WORKERS):
+            self.start_component(name)
+        self.wait_until_ready()
+
+    def log(self, name: str):
+        return open(self.root / f"{name}.log", "ab")  # lives as long as the process
+
+    def start_component(self, name: str) -> None:
+        cwd = self.root / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.processes[name] = subprocess.Popen(self.argv_of(name), env=self.env_of(name), cwd=cwd,
+                                                stdout=self.log(name), stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component and everything it started, as a crashed machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait(timeout=30)
+
+    def wait_until_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [name for name, process in self.processes.items() if process.poll() is not None]
+            assert not dead, f"{dead} exited; see {self.root}/<name>.log"
+            try:
+                request_text(f"{self.api_url}/api/v2/monitor/health", timeout=2)
+                if len(self.workers_seen()) == len(WORKERS):
+                    return
+            except ServerError:
+                pass
+            time.sleep(2)
+        raise AssertionError(f"the distributed Airflow did not come up within {timeout:.0f} s; logs in {self.root}")
+
+    def workers_seen(self) -> list[str]:
+        """Celery workers that answer a ping through the broker."""
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("celery")), "--app",
+             "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping", "--timeout", "3"],
+            env=self.env_of("init"), capture_output=True, text=True, cwd=self.root)
+        return [name for name in WORKERS if f"{name}@" in result.stdout]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+    # -- REST ------------------------------------------------------------------------------------
+    def token(self) -> str:
+        passwords = json.loads((self.root / "passwords.json").read_text())
+        return request_json("POST", f"{self.api_url}/auth/token",
+                            {"username": "admin", "password": passwords["admin"]})["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        return request_json(method, f"{self.api_url}/api/v2{path}", body,
+                            headers={"Authorization": f"Bearer {self.token()}"})
+
+
+def fresh_database() -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cursor.execute(f"CREATE DATABASE {DATABASE}")
+    conn.close()
+
+
+def fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
