@@ -40,6 +40,9 @@ EXECUTOR_SETTINGS = {
 }
 """The settings that make it a Celery deployment; `{…}` are each deployment's addresses."""
 WORKERS = ("worker-a", "worker-b")
+SERVERS_QUEUE = "airlock-servers-a"
+"""The queue of the machine a process target's servers live on: only worker-a takes it."""
+WORKER_QUEUES = {"worker-a": f"default,{SERVERS_QUEUE}", "worker-b": "default"}
 DATABASE = "airlock_distributed_airflow"
 API_PORT, REDIS_PORT, LOG_PORTS = 5270, 5271, {"worker-a": 5272, "worker-b": 5273}
 
@@ -86,7 +89,7 @@ class DistributedAirflow:
 
     def argv_of(self, name: str) -> list[str]:
         component = "worker" if name in WORKERS else name
-        extra = ["--celery-hostname", f"{name}@%h", "--queues", "default"] if name in WORKERS else []
+        extra = ["--celery-hostname", f"{name}@%h", "--queues", WORKER_QUEUES[name]] if name in WORKERS else []
         return [str(Path(sys.executable).with_name("airflow")), *COMPONENTS[component], *extra]
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -179,3 +182,38 @@ def fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
+
+
+def wait_for_state(airflow: DistributedAirflow, dag_id: str, run_id: str, timeout: float,
+                   answers: dict[str, str] | None = None, read_seconds: float = 8) -> dict:
+    """Follow a run to its end, answering gates (`answers`: task id → option) like a person who reads
+    the body first; the finished run."""
+    deadline, first_seen, answered = time.monotonic() + timeout, {}, set()
+    while time.monotonic() < deadline:
+        run = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            return run
+        for ti in task_instances(airflow, dag_id, run_id):
+            task_id = ti["task_id"]
+            waiting = ti["state"] == "awaiting_input" and task_id in (answers or {}) and task_id not in answered
+            if waiting and time.monotonic() - first_seen.setdefault(task_id, time.monotonic()) >= read_seconds:
+                airflow.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                             {"chosen_options": [answers[task_id]], "params_input": {}})
+                answered.add(task_id)
+        time.sleep(3)
+    raise AssertionError(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
+
+
+def task_instances(airflow: DistributedAirflow, dag_id: str, run_id: str) -> list[dict]:
+    return airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200")["task_instances"]
+
+
+def unpause_when_parsed(airflow: DistributedAirflow, dag_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            airflow.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+            return
+        except ServerError:
+            time.sleep(3)
+    raise AssertionError(f"{dag_id} was not parsed within {timeout:.0f} s")

@@ -122,6 +122,7 @@ TARGETS_CASES = [
      "environments.staging.driver.secret_env.a-b", "not an environment variable name"),
     ("server args not a list", setting("environments.staging.driver.args", "--app-name basic-auth"),
      "environments.staging.driver.args", "must be a list"),
+    ("queue with a space", setting("queue", "servers a"), "queue", "is not a queue name"),
     ("bad DAG id to pause", setting("environments.staging.pause_dags", ["training dag"]),
      "environments.staging.pause_dags[0]", "is not a DAG id"),
     ("missing production", setting("environments.production", None, remove=True), "environments.production",

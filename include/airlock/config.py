@@ -29,6 +29,7 @@ RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?")
 USER_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+QUEUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 DEFAULT_SIGNING_VARIABLE = "airlock_backup_signing_key"
@@ -384,6 +385,9 @@ class TargetConfig:
     scratch_conn_id: str | None = None
     """Another server (of production's database kind) for verification and rehearsal copies, so they
     neither load nor fill production's server; production's own server when unset."""
+    queue: str | None = None
+    """The Airflow worker queue every task of this target goes to: where a process target's servers,
+    state and local backups live (a Celery worker started with `--queues` including it)."""
     source: str = ""
 
     @property
@@ -418,12 +422,15 @@ class TargetConfig:
         scratch = r.child("scratch", required=False)
         scratch_conn_id = scratch.text("conn_id", pattern=CONN_ID, expand=True) if scratch.data else None
         scratch.done()
+        queue = r.optional_text("queue")
+        if queue is not None and not QUEUE.fullmatch(queue):
+            r.fail("queue", f"{queue!r} is not a queue name (letters, digits, '_', '.', '-'; at most 64)")
         envs = r.child("environments")
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
         envs.done()
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
-                     compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, r.source)
+                     compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, queue, r.source)
         target.check_database_kinds(r)
         return target
 

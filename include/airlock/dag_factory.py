@@ -264,7 +264,7 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
         max_active_runs=1,
         params=params(target),
         tags=["airlock", f"platform:{target.platform}", f"target:{target.name}"],
-        default_args={"owner": "airlock", **NO_RETRY},
+        default_args={"owner": "airlock", **NO_RETRY, **({"queue": target.queue} if target.queue else {})},
     ) as dag:
         staging_env = functools.partial(open_environment, target, "staging")
         production_env = functools.partial(open_environment, target, "production")
