@@ -142,23 +142,33 @@ def test_retention_keeps_the_newest_the_young_and_what_a_pending_rollback_needs(
     assert apply_retention(store, keep_last=1, keep_days=30, now=now)["deleted"] == ["b-90-days"]
 
 
-def test_target_with_an_s3_location_needs_a_log_dir(tmp_path):
-    from airlock.config import ConfigError, load_targets
+def test_an_s3_target_keeps_its_upgrade_log_in_the_store_beside_its_environments(s3_client, tmp_path):
+    """No local log_dir: every worker (and the Upgrades page) reads the one log in the store."""
+    from airlock import upgrade_log
+    from airlock.config import load_targets
 
     good = (tmp_path / "t.yaml")
-    text = json.dumps({"targets": {"t": {
+    good.write_text(json.dumps({"targets": {"t": {
         "platform": "mlflow", "approvers": ["admin"],
-        "backup": {"location": "s3://bucket/prefix", "sse": "aws:kms", "kms_key_id": "k1"},
+        "backup": {"location": f"s3://{BUCKET}/logs", "sse": "aws:kms", "kms_key_id": "k1"},
         "environments": {env: {"url": f"http://127.0.0.1:{port}", "driver": {"kind": "process",
                                                                               "state_dir": f"/srv/{env}"},
                                "database": {"kind": "sqlite", "path": f"/srv/{env}/m.db"}}
-                         for env, port in (("staging", 1), ("production", 2))}}}})
-    good.write_text(text)
-    with pytest.raises(ConfigError, match="target 't': log_dir: is required"):
-        load_targets(good)
-    good.write_text(text.replace('"platform"', '"log_dir": "/var/log/airlock", "platform"'))
-    backup = load_targets(good)["t"].backup
-    assert (backup.is_s3, backup.sse, backup.kms_key_id, backup.keep_last) == (True, "aws:kms", "k1", 10)
+                         for env, port in (("staging", 1), ("production", 2))}}}}))
+    target = load_targets(good)["t"]
+    assert (target.log_dir, target.backup.is_s3, target.backup.kms_key_id) == (None, True, "k1")
+    record = {"date": "2026-11-26T10:00:00+00:00", "target": "t", "run_id": "r1", "from": "1.0.0", "to": "1.0.1",
+              "outcome": "failed", "phase_seconds": {}, "production_downtime_seconds": None}
+    production = S3BackupStore(s3_client, f"s3://{BUCKET}/logs", "t", "production")
+    staging = S3BackupStore(s3_client, f"s3://{BUCKET}/logs", "t", "staging")
+    where, _ = upgrade_log.append(production, record)
+    upgrade_log.append(staging, {**record, "outcome": "upgraded"})  # a retried report, from another worker
+    upgrade_log.append(production, {**record, "run_id": "r2", "outcome": "rejected"})
+    assert where == f"s3://{BUCKET}/logs/t/{upgrade_log.MARKDOWN}"
+    assert [r["outcome"] for r in upgrade_log.read(staging)] == ["upgraded", "rejected"]
+    table = s3_client.get_object(Bucket=BUCKET, Key=f"logs/t/{upgrade_log.MARKDOWN}")["Body"].read().decode()
+    assert "| t | 1.0.0 → 1.0.1 | upgraded |" in table and "| rejected |" in table
+    assert production.backup_ids() == []  # the log is beside the environments' folders, not a backup
 
 
 def test_kms_encryption_with_the_targets_key(s3_client, aws_conn_id, tmp_path):

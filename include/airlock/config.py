@@ -374,7 +374,7 @@ class TargetConfig:
     description: str
     approvers: list[str]
     backup: BackupConfig
-    log_dir: str
+    log_dir: str | None
     allow_minor_skips: bool
     drain: DrainConfig
     compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
@@ -409,7 +409,11 @@ class TargetConfig:
             if not USER_NAME.fullmatch(user):
                 r.fail(f"approvers[{index}]", f"{user!r} is not an Airflow user name")
         backup = BackupConfig.read(r.child("backup"))
-        log_dir = r.path("log_dir", default=None if backup.is_s3 else backup.location)  # S3 needs one
+        if backup.is_s3 and r.data.get("log_dir") is None:  # the log goes into the S3 store, beside the backups
+            r.used.add("log_dir")
+            log_dir = None
+        else:
+            log_dir = r.path("log_dir", default=None if backup.is_s3 else backup.location)
         upgrade = r.child("upgrade", required=False)
         allow_minor_skips = upgrade.flag("allow_minor_skips", False)
         upgrade.done()

@@ -380,15 +380,16 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
                 record = upgrade_log.build_record(target.name, context["run_id"],
                                                   context["dag_run"].start_date.isoformat(timespec="seconds"),
                                                   results)
-                table = upgrade_log.append(target.log_dir, record)
-                print(table.read_text())
+                place = target.log_dir or stores["production"]  # an S3 target keeps it in its store
+                where, table = upgrade_log.append(place, record)
+                print(table)
                 still_paused = {name: PausedRecord(target.name, name).read() for name in ("staging", "production")
                                 if target.environment(name).pause_dags}
                 paused_note = (f"; DAGs that Airlock paused are STILL PAUSED: {still_paused}: clear the "
                                "unpause_dags task(s) or unpause them in the UI") if any(still_paused.values()) else ""
                 if record["outcome"] not in GOOD_OUTCOMES or paused_note:
                     raise AirflowFailException(f"upgrade of {target.name} {record['outcome'].upper()}: "
-                                               f"{record['detail']}{paused_note} (upgrade log: {table})")
+                                               f"{record['detail']}{paused_note} (upgrade log: {where})")
                 return record
 
             finished = step_task("finish", lambda: steps.finish(production_env(), run_id()), retry=BACKOFF)

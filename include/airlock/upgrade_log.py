@@ -10,6 +10,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 JSONL = "upgrade-log.jsonl"
 MARKDOWN = "upgrade-log.md"
@@ -113,23 +114,46 @@ def build_record(target: str, run_id: str, started_at: str, results: dict[str, d
     }
 
 
-def append(directory: str | Path, record: dict) -> Path:
-    """Add a record (once per run: a retried report replaces its own line) and re-render the table."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    records = [r for r in read(directory) if r.get("run_id") != record["run_id"]] + [record]
-    staged = directory / (JSONL + ".tmp")
-    staged.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    os.replace(staged, directory / JSONL)
-    (directory / MARKDOWN).write_text(render_markdown(records))
-    return directory / MARKDOWN
+class LogPlace(Protocol):
+    """Where a target's upgrade log lives: a local folder, or its backup store (S3), so that every
+    worker and the Upgrades page read the same log."""
+
+    def read_target_text(self, name: str) -> str | None: ...
+
+    def write_target_text(self, name: str, text: str) -> str:
+        """Write, and return where it went."""
 
 
-def read(directory: str | Path) -> list[dict]:
-    path = Path(directory) / JSONL
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class Folder:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def read_target_text(self, name: str) -> str | None:
+        path = self.directory / name
+        return path.read_text() if path.is_file() else None
+
+    def write_target_text(self, name: str, text: str) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staged = self.directory / (name + ".tmp")
+        staged.write_text(text)
+        os.replace(staged, self.directory / name)
+        return str(self.directory / name)
+
+
+def append(place: LogPlace | str | Path, record: dict) -> tuple[str, str]:
+    """Add a record (once per run: a retried report replaces its own line) and re-render the table;
+    (where the table is, the table)."""
+    place = Folder(place) if isinstance(place, str | Path) else place
+    records = [r for r in read(place) if r.get("run_id") != record["run_id"]] + [record]
+    place.write_target_text(JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    table = render_markdown(records)
+    return place.write_target_text(MARKDOWN, table), table
+
+
+def read(place: LogPlace | str | Path) -> list[dict]:
+    place = Folder(place) if isinstance(place, str | Path) else place
+    text = place.read_target_text(JSONL) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def render_markdown(records: list[dict]) -> str:

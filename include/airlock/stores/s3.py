@@ -58,6 +58,26 @@ class S3BackupStore(BackupStore):
     def key(self, backup_id: str, name: str = "") -> str:
         return f"{self.base}/{backup_id}/{name}"
 
+    # -- the target's upgrade log, beside its environments' folders -------------------------------
+    def target_key(self, name: str) -> str:
+        return f"{self.base.rsplit('/', 1)[0]}/{name}"
+
+    def target_location(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.target_key(name)}"
+
+    def read_target_text(self, name: str) -> str | None:
+        key = self.target_key(name)
+        if not self.exists(key):
+            return None
+        body = self.call(f"download of s3://{self.bucket}/{key}", self.client.get_object, Bucket=self.bucket,
+                         Key=key)["Body"]
+        with closing(body):
+            return body.read().decode()
+
+    def write_target_text(self, name: str, text: str) -> str:
+        self.put_bytes(self.target_key(name), text.encode())
+        return self.target_location(name)
+
     def location(self, backup_id: str) -> str:
         return f"s3://{self.bucket}/{self.key(backup_id)}"
 
