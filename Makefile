@@ -15,7 +15,7 @@ demo: deps
 	$(PY) -m airlock.demo.run
 
 test: deps lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 lint: deps
 	$(VENV)/bin/ruff check include dags tests bench
