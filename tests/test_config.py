@@ -177,3 +177,30 @@ def test_two_targets_on_one_helm_release_are_refused(tmp_path):
     assert "target team_b: environments.production.driver.helm.release: reaches the same helm as target team_a's" \
         in str(error.value)
     assert load_targets(write(tmp_path, GOOD + SECOND))["team_b"].name == "team_b"
+
+
+def test_a_servers_secret_env_comes_from_its_connection_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    """driver.secret_env reaches the server's environment only (never argv); a connection that is not
+    there, or has no password, stops the start with the variable and the connection named."""
+    import json
+
+    from airlock.databases.sqlite import SqliteDatabase
+    from airlock.drivers.process import DriverError, ProcessDriver
+    from airlock.platforms.mlflow import MlflowAdapter
+
+    text = GOOD.replace("driver: {kind: process, state_dir: /srv/mlflow/staging}",
+                        "driver: {kind: process, state_dir: /srv/mlflow/staging, args: [--app-name, basic-auth], "
+                        "secret_env: {MLFLOW_FLASK_SERVER_SECRET_KEY: {conn_id: flask_key}}}")
+    staging = load_target("team_a", write(tmp_path, text)).environment("staging")
+    driver = ProcessDriver(staging, MlflowAdapter(staging.url), SqliteDatabase(tmp_path / "m.db"))
+    with pytest.raises(DriverError, match=r"staging: driver.secret_env.MLFLOW_FLASK_SERVER_SECRET_KEY names Airflow "
+                                          r"connection 'flask_key', which does not exist"):
+        driver.server_command("3.17.2")
+    monkeypatch.setenv("AIRFLOW_CONN_FLASK_KEY", json.dumps({"conn_type": "http"}))
+    with pytest.raises(DriverError, match="whose password is empty"):
+        driver.server_command("3.17.2")
+    monkeypatch.setenv("AIRFLOW_CONN_FLASK_KEY", json.dumps({"conn_type": "http", "password": "k-9d3"}))
+    command = driver.server_command("3.17.2")
+    assert command.secret_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "k-9d3"
+    assert command.argv[-2:] == ["--app-name", "basic-auth"] and "k-9d3" not in " ".join(command.argv)
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in command.describe()["secret_env_names"]

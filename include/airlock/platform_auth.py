@@ -40,21 +40,21 @@ class AuthError(ServerError):
 
 
 def credential_from_connection(conn_id: str, environment: str) -> Credential:
-    """The credential an environment names, from Airflow; a missing or empty one is an AuthError."""
-    from airflow.sdk import BaseHook
+    """The credential an environment names, from Airflow (masked in logs by `connection_fields`); a
+    missing or empty one is an AuthError."""
     from airflow.sdk.exceptions import AirflowNotFoundException
-    from airflow.sdk.log import mask_secret
+
+    from airlock.airflow_connections import connection_fields
 
     where = f"Airflow connection {conn_id!r} (environments.{environment}.auth.conn_id)"
     try:
-        conn = BaseHook.get_connection(conn_id)
+        _, _, login, password = connection_fields(conn_id)
     except AirflowNotFoundException:
         raise AuthError(f"{environment}: {where} does not exist on this worker; "
                         f"create it with the server's user name and password, or its token as the password "
                         f"(airflow connections add {conn_id} --conn-type http --conn-login USER "
                         "--conn-password SECRET). Nothing was touched.") from None
-    if not conn.password:
+    if not password:
         raise AuthError(f"{environment}: {where} has no password: put the server's password, token or API key "
                         "in it. Nothing was touched.")
-    mask_secret(conn.password)
-    return Credential(conn.password, conn.login or "", conn_id, environment)
+    return Credential(password, login, conn_id, environment)

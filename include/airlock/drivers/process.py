@@ -138,9 +138,24 @@ class ProcessDriver:
         command = self.adapter.server_command(bin_dir, self.env.host, self.env.port,
                                               self.database.sqlalchemy_uri(), self.env.driver.artifact_root)
         own = self.env.driver.env
-        secrets = {name: airflow_secret(conn_id=conn_id) for name, conn_id in self.env.driver.secret_env.items()}
+        secrets = {name: self.secret_value(name, conn_id) for name, conn_id in self.env.driver.secret_env.items()}
         return Command(command.argv + self.env.driver.args, {**command.env, **own}, {**command.secret_env, **secrets},
                        masked_env=frozenset(own) - self.env.driver.safe_env)
+
+    def secret_value(self, name: str, conn_id: str) -> str:
+        """A `driver.secret_env` value: its connection's password; a missing or empty one stops the start
+        here, named, instead of a server that fails later for want of its key."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        where = f"{self.env.name}: driver.secret_env.{name} names Airflow connection {conn_id!r}"
+        try:
+            value = airflow_secret(conn_id=conn_id)
+        except AirflowNotFoundException:
+            raise DriverError(f"{where}, which does not exist on this worker; create it with the value as its "
+                              "password, then clear the task") from None
+        if not value:
+            raise DriverError(f"{where}, whose password is empty; put the value in it, then clear the task")
+        return value
 
     def migration_command(self, version: str, database: Database | None = None) -> Command:
         database = database or self.database
