@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ WORKERS = ("worker-a", "worker-b")
 SERVERS_QUEUE = "airlock-servers-a"
 """The queue of the machine a process target's servers live on: only worker-a takes it."""
 WORKER_QUEUES = {"worker-a": f"default,{SERVERS_QUEUE}", "worker-b": "default"}
+USERS = ("admin", "bob")
+"""Both Airflow admins; only admin approves the targets' upgrades (bob is refused at the gate)."""
 DATABASE = "airlock_distributed_airflow"
 API_PORT, REDIS_PORT, LOG_PORTS = 5270, 5271, {"worker-a": 5272, "worker-b": 5273}
 
@@ -52,6 +55,12 @@ class DistributedAirflow:
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     """What every component sees besides Airflow's settings (targets file, connections, variables)."""
+    dags_folder: Path = REPO / "dags"
+    passwords: dict[str, str] = field(default_factory=dict)
+    """Users' passwords set in advance (e.g. for a connection to this Airflow's API); others are generated."""
+    remote_logs: tuple[str, str] | None = None
+    """(s3://bucket/prefix, AWS connection id): task logs go there, as on a cluster, where the API server
+    cannot reach a worker's log server by its hostname."""
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,16 +75,23 @@ class DistributedAirflow:
         addresses = {"redis": f"127.0.0.1:{REDIS_PORT}", "postgres": f"postgres@127.0.0.1:5432/{DATABASE}",
                      "api": f"127.0.0.1:{API_PORT}"}
         return {**{name: value.format(**addresses) for name, value in EXECUTOR_SETTINGS.items()}, **self.secrets,
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "distributed_hostname.hostname",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:admin" for user in USERS),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "passwords.json"),
                 "AIRFLOW__API__PORT": str(API_PORT), "AIRFLOW__API__BASE_URL": self.api_url,
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-                "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "include")])}
+                "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "include")]), **self.logging()}
+
+    def logging(self) -> dict[str, str]:
+        if self.remote_logs is None:
+            return {}
+        folder, conn_id = self.remote_logs
+        return {"AIRFLOW__LOGGING__REMOTE_LOGGING": "True", "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": folder,
+                "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": conn_id}
 
     def env_of(self, name: str) -> dict[str, str]:
         """A component's environment: its own home, as if on its own machine."""
@@ -96,6 +112,8 @@ class DistributedAirflow:
     def start(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
+        if self.passwords:
+            (self.root / "passwords.json").write_text(json.dumps(self.passwords))
         fresh_database()
         self.processes["redis"] = subprocess.Popen(
             ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -157,14 +175,14 @@ class DistributedAirflow:
                     os.killpg(process.pid, signal.SIGKILL)
 
     # -- REST ------------------------------------------------------------------------------------
-    def token(self) -> str:
+    def token(self, user: str = "admin") -> str:
         passwords = json.loads((self.root / "passwords.json").read_text())
         return request_json("POST", f"{self.api_url}/auth/token",
-                            {"username": "admin", "password": passwords["admin"]})["access_token"]
+                            {"username": user, "password": passwords[user]})["access_token"]
 
-    def call(self, method: str, path: str, body: dict | None = None):
+    def call(self, method: str, path: str, body: dict | None = None, user: str = "admin"):
         return request_json(method, f"{self.api_url}/api/v2{path}", body,
-                            headers={"Authorization": f"Bearer {self.token()}"})
+                            headers={"Authorization": f"Bearer {self.token(user)}"})
 
 
 def fresh_database() -> None:
@@ -185,23 +203,33 @@ def fernet_key() -> str:
 
 
 def wait_for_state(airflow: DistributedAirflow, dag_id: str, run_id: str, timeout: float,
-                   answers: dict[str, str] | None = None, read_seconds: float = 8) -> dict:
+                   answers: dict[str, str] | None = None, read_seconds: float = 8,
+                   on: dict[tuple[str, str], Callable[[], object]] | None = None) -> dict:
     """Follow a run to its end, answering gates (`answers`: task id → option) like a person who reads
-    the body first; the finished run."""
-    deadline, first_seen, answered = time.monotonic() + timeout, {}, set()
+    the body first, and doing what `on` says once a task is first seen in a state ((task id, state) →
+    action, each done once: a fault injected at the right moment); the finished run."""
+    deadline, first_seen, done = time.monotonic() + timeout, {}, set()
     while time.monotonic() < deadline:
         run = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
         if run["state"] in ("success", "failed"):
             return run
         for ti in task_instances(airflow, dag_id, run_id):
-            task_id = ti["task_id"]
-            waiting = ti["state"] == "awaiting_input" and task_id in (answers or {}) and task_id not in answered
+            task_id, seen = ti["task_id"], (ti["task_id"], ti["state"])
+            if seen in (on or {}) and seen not in done:
+                done.add(seen)
+                on[seen]()
+            waiting = ti["state"] == "awaiting_input" and task_id in (answers or {}) and task_id not in done
             if waiting and time.monotonic() - first_seen.setdefault(task_id, time.monotonic()) >= read_seconds:
-                airflow.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-                             {"chosen_options": [answers[task_id]], "params_input": {}})
-                answered.add(task_id)
-        time.sleep(3)
+                answer(airflow, dag_id, run_id, task_id, answers[task_id])
+                done.add(task_id)
+        time.sleep(2)
     raise AssertionError(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
+
+
+def answer(airflow: DistributedAirflow, dag_id: str, run_id: str, task_id: str, option: str,
+           user: str = "admin") -> None:
+    airflow.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                 {"chosen_options": [option], "params_input": {}}, user=user)
 
 
 def task_instances(airflow: DistributedAirflow, dag_id: str, run_id: str) -> list[dict]:

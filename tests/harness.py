@@ -22,11 +22,13 @@ from airlock.config import load_target
 from airlock.databases.mysql import MysqlDatabase
 from airlock.demo import SEED_MLFLOW, SEED_SEMATIC, SEED_ZENML
 from airlock.environment import Environment, open_environment
+from airlock.helm import HelmClient, HelmRelease, release_values
 from airlock.http import request_json
 from airlock.platforms.mlflow import MlflowAdapter
 from services import new_database
 
 OLD, NEW = "2.16.2", "3.17.2"
+ENVS = ("staging", "production")
 CONN_ID = "airlock_it_mysql"
 KUBE_CONN_ID = "airlock_test_kube"
 CHART = Path(__file__).resolve().parent / "charts" / "mlflow-lite"
@@ -167,6 +169,18 @@ def start_and_seed(scenario: Scenario) -> None:
         seed(scenario, env_name)
 
 
+def release(scenario: Scenario, env: str) -> HelmRelease:
+    return scenario.env(env).driver.release
+
+
+def install_and_seed(scenario: Scenario, helm: HelmClient) -> None:
+    """Each environment's release at revision 1 with the old image, its server seeded by the old client."""
+    for env in ENVS:
+        helm.upgrade(release(scenario, env), release_values(release(scenario, env), OLD), "install", install=True)
+        scenario.env(env).adapter.wait_healthy(180)
+        seed(scenario, env)
+
+
 def stop_all(scenario: Scenario) -> None:
     """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases."""
     for env_name in ("staging", "production"):
@@ -303,6 +317,37 @@ def crash_server_while(dag_id: str, task_id: str, pid_of: Callable[[], int | Non
 
     threading.Thread(target=crash, daemon=True).start()
     return crashed
+
+
+def start_training_run(scenario: Scenario) -> str:
+    """A run that is still going on staging: the drain must not stop the server under it."""
+    url = scenario.env("staging").config.url
+    experiment = request_json("POST", f"{url}/api/2.0/mlflow/experiments/search",
+                              {"max_results": 10})["experiments"][0]["experiment_id"]
+    return request_json("POST", f"{url}/api/2.0/mlflow/runs/create",
+                        {"experiment_id": experiment, "start_time": int(time.time() * 1000),
+                         "run_name": "nightly-retrain"})["run"]["info"]["run_id"]
+
+
+def run_status(scenario: Scenario, run_id: str) -> str:
+    url = scenario.env("staging").config.url
+    return request_json("GET", f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]["info"]["status"]
+
+
+def finish_run(url: str, run_id: str) -> None:
+    request_json("POST", f"{url}/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": "FINISHED"})
+
+
+TEAM_DAG_FILE = """
+from datetime import datetime
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+for dag_id in ("team_training", "team_backfill"):
+    with DAG(dag_id, schedule="@daily", start_date=datetime(2026, 1, 1), catchup=False):
+        EmptyOperator(task_id="train")
+"""
+"""A team's DAGs, which an upgrade pauses while its server is down (team_backfill: paused by its team)."""
 
 
 def log_a_run(url: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import socket
 import socketserver
 import threading
@@ -37,6 +38,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
+
+def version_of(tag: str) -> str:
+    """The platform version in an image tag, whatever the chart's convention (`3.17.2`, `v3.17.2`, `3.17.2-slim`)."""
+    found = re.search(r"\d+\.\d+\.\d+", tag)
+    return found.group(0) if found else tag
 
 class ServiceProxy(socketserver.ThreadingTCPServer):
     """kube-proxy for one Service: forwards to `backend()` (a port, or None: connection refused)."""
@@ -170,7 +177,7 @@ class ProcessKubelet(threading.Thread):
         if wanted > 0 and tag not in self.never_ready and self.running[key] != tag:
             if self.running[key] is not None:
                 driver.stop()
-            driver.start(tag)
+            driver.start(version_of(tag))
             self.running[key] = tag
             self.events.append(f"{namespace}/{name}: running {tag}")
         ready = wanted if (wanted > 0 and self.running[key] == tag) else 0
@@ -196,7 +203,7 @@ class ProcessKubelet(threading.Thread):
             succeeded = not self.fail_jobs
             if succeeded:
                 try:
-                    self.driver_for(namespace, f"job-{job.metadata.name}").migrate(tag)
+                    self.driver_for(namespace, f"job-{job.metadata.name}").migrate(version_of(tag))
                 except DriverError as error:
                     self.events.append(f"{namespace}/{job.metadata.name}: migration failed: {error}")
                     succeeded = False

@@ -1,6 +1,6 @@
 """Bad input through the real interfaces: targets files as the DAG processor parses them, and teams'
 requirement files as the compatibility phase reads them. (Trigger params sent to a running API
-server: test_gate_timeout.) Each case is refused with an error that says what and where, and never
+server: test_distributed.) Each case is refused with an error that says what and where, and never
 echoes a value that came from the environment; nothing crashes.
 """
 
@@ -159,6 +159,10 @@ HELM_CASES = [
                                      "does not match")),
     ("helm values path", *helm_case({"image_tag_path": "image..tag"},
                                     "environments.production.driver.helm.image_tag_path", "does not match")),
+    ("image tag without the version", *helm_case({"image_tag": "latest"},
+                                                  "environments.production.driver.helm.image_tag", "{version} once")),
+    ("image tag with a shell", *helm_case({"image_tag": "v{version};reboot"},
+                                          "environments.production.driver.helm.image_tag", "{version} once")),
     ("helm timeout", *helm_case({"timeout_seconds": float("nan")},
                                 "environments.production.driver.helm.timeout_seconds", "finite")),
     ("blue-green url with a bad port", *helm_case(

@@ -10,6 +10,7 @@ import pytest
 from airlock.config import load_targets
 from airlock.environment import open_environment
 from airlock.http import request_json
+from harness import finish_run
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,6 @@ def running_run(url: str, started_minutes_ago: float = 0) -> str:
     start = int((time.time() - started_minutes_ago * 60) * 1000)
     return request_json("POST", f"{url}/api/2.0/mlflow/runs/create",
                         {"experiment_id": "0", "start_time": start})["run"]["info"]["run_id"]
-
-
-def finish(url: str, run_id: str) -> None:
-    request_json("POST", f"{url}/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": "FINISHED"})
 
 
 def drain_trigger(url: str, stale_after_minutes: float, deadline: str):
@@ -73,7 +70,7 @@ def test_timeout_lists_the_runs_still_going_and_the_sensor_fails_with_them(stagi
             sensor.execute_complete({}, event)
         assert run_id in str(error.value) and "nothing was stopped" in str(error.value)
     finally:
-        finish(url, run_id)
+        finish_run(url, run_id)
 
 
 def test_drain_completes_when_the_run_finishes_and_ignores_stale_runs(staging):
@@ -87,7 +84,7 @@ def test_drain_completes_when_the_run_finishes_and_ignores_stale_runs(staging):
 
         async def finish_later():
             await asyncio.sleep(3)
-            await asyncio.to_thread(finish, url, active)
+            await asyncio.to_thread(finish_run, url, active)
 
         async def both():
             task = asyncio.create_task(finish_later())
@@ -101,4 +98,4 @@ def test_drain_completes_when_the_run_finishes_and_ignores_stale_runs(staging):
         assert time.monotonic() - started >= 3
         assert [stale in r["description"] and r["stale"] for r in event["runs"]] == [True]
     finally:
-        finish(url, stale)
+        finish_run(url, stale)

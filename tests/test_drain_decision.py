@@ -24,12 +24,15 @@ from harness import (
     CONN_ID,
     NEW,
     OLD,
+    TEAM_DAG_FILE,
     fingerprints,
     last_record,
     make_scenario,
+    run_status,
     run_upgrade,
     served,
     start_and_seed,
+    start_training_run,
     stop_all,
     task_state,
     task_states,
@@ -45,15 +48,6 @@ PAUSED_BY_ITS_TEAM = "team_backfill"
 API_CONN = "airlock_test_airflow_api"
 CONF = {"target_version": NEW, "watch_seconds": 3, "drain_timeout_minutes": 0.1}
 
-TEAM_DAG_FILE = """
-from datetime import datetime
-from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG
-
-for dag_id in ("team_training", "team_backfill"):
-    with DAG(dag_id, schedule="@daily", start_date=datetime(2026, 1, 1), catchup=False):
-        EmptyOperator(task_id="train")
-"""
 
 
 @pytest.fixture(scope="module")
@@ -133,21 +127,6 @@ def world(tmp_path_factory, mlflow_venvs, airflow_api):
         yield scenarios, targets_file
         for scenario in scenarios.values():
             stop_all(scenario)
-
-
-def start_training_run(scenario) -> str:
-    """A run that is still going on staging: the drain must not stop the server under it."""
-    url = scenario.env("staging").config.url
-    experiment = request_json("POST", f"{url}/api/2.0/mlflow/experiments/search",
-                              {"max_results": 10})["experiments"][0]["experiment_id"]
-    return request_json("POST", f"{url}/api/2.0/mlflow/runs/create",
-                        {"experiment_id": experiment, "start_time": int(time.time() * 1000),
-                         "run_name": "nightly-retrain"})["run"]["info"]["run_id"]
-
-
-def run_status(scenario, run_id: str) -> str:
-    url = scenario.env("staging").config.url
-    return request_json("GET", f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]["info"]["status"]
 
 
 def watch_pause(dag_id: str, task_id: str) -> list[bool]:

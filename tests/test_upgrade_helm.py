@@ -12,18 +12,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from airlock.helm import HelmRelease, SdkHelm, release_values
+from airlock.helm import SdkHelm
 from harness import (
     CONN_ID,
+    ENVS,
     KUBE_CONN_ID,
     NEW,
     OLD,
     crash_server_while,
     fingerprints,
+    install_and_seed,
     last_record,
     make_scenario,
+    release,
     run_upgrade,
-    seed,
     served,
     stop_all,
     task_states,
@@ -35,7 +37,6 @@ from kubelet import ProcessKubelet
 from services import connection_uri_for_airflow
 
 pytestmark = pytest.mark.integration
-ENVS = ("staging", "production")
 LEAST_PRIVILEGE_CONN_ID = "airlock_test_kube_least_privilege"
 LIVE_SERVICE = "mlflow-live"
 ROLE = Path(__file__).resolve().parents[1] / "include" / "airlock" / "kubernetes-role.yaml"
@@ -101,18 +102,6 @@ def bind_airlock_role(rbac, namespaces: list[str]) -> None:
             "metadata": {"name": "airlock-upgrader"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DEPLOYER}]})
-
-
-def release(scenario, env: str) -> HelmRelease:
-    return scenario.env(env).driver.release
-
-
-def install_and_seed(scenario, helm: SdkHelm) -> None:
-    """Each environment's release at revision 1 with the old image, its server seeded by the old client."""
-    for env in ENVS:
-        helm.upgrade(release(scenario, env), release_values(release(scenario, env), OLD), "install", install=True)
-        scenario.env(env).adapter.wait_healthy(180)
-        seed(scenario, env)
 
 
 def image_tags(helm: SdkHelm, scenario, env: str) -> list[str]:

@@ -26,6 +26,7 @@ TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_.-]{0,40}\{version\}[A-Za-z0-9_.-]{0,40}")
 S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?")
 USER_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
@@ -99,6 +100,9 @@ class HelmConfig:
     values_files: list[str] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
     image_tag_path: str = "image.tag"
+    image_tag: str = "{version}"
+    """The tag of a version's image, for charts whose tags are not the bare version (`v{version}`,
+    `{version}-slim`)."""
     migration_values: dict = field(default_factory=dict)
     kubernetes_conn_id: str = "kubernetes_default"
     backend: str = "auto"
@@ -120,6 +124,14 @@ class HelmConfig:
         """The charts name their Deployment after the release: the green one has the same suffix."""
         return self.deployment, f"{self.deployment}{self.green_suffix}"
 
+    @staticmethod
+    def read_image_tag(r: Reader) -> str:
+        template = r.text("image_tag", default="{version}")
+        if not IMAGE_TAG.fullmatch(template):
+            r.fail("image_tag", f"{template!r} must hold {{version}} once, with only letters, digits, '.', '_' "
+                                "or '-' around it (e.g. v{version} or {version}-slim)")
+        return template
+
     @classmethod
     def read(cls, r: Reader) -> HelmConfig:
         k8s_name = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -135,6 +147,7 @@ class HelmConfig:
             chart_version=r.optional_text("chart_version"), values_files=r.paths("values_files"),
             overrides=overrides, image_tag_path=r.text("image_tag_path", default="image.tag",
                                                        pattern=re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")),
+            image_tag=cls.read_image_tag(r),
             migration_values=migration_values,
             kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID,
                                       expand=True),

@@ -204,8 +204,9 @@ def helm_wait(target: TargetConfig, name: str, what: str) -> list:
         return [MigrationJobSensor(task_id="migration_job", job=job, timeout_minutes=helm.timeout_seconds / 60,
                                    **common)]
     deployment = f"{{{{ ti.xcom_pull(task_ids='{group}.start')['deployment'] }}}}"
-    return [RolloutSensor(task_id="rollout", deployment=deployment,
-                          version=f"{{{{ ti.xcom_pull(task_ids='preflight.plan')['{name}']['target'] }}}}",
+    version = f"{{{{ ti.xcom_pull(task_ids='preflight.plan')['{name}']['target'] }}}}"
+    tag = helm.image_tag.replace("{version}", version)
+    return [RolloutSensor(task_id="rollout", deployment=deployment, image_tag=tag,
                           timeout_minutes=driver.start_timeout_seconds / 60, **common)]
 
 

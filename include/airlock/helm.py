@@ -1,7 +1,7 @@
 """Helm, behind one interface with two backends.
 
-- `SdkHelm`: the Helm v4 Go SDK in the worker through `helm-python-sdk` (import `helm_python`);
-  the default when it is installed.
+- `SdkHelm`: the Helm v4 Go SDK through `helm-python-sdk` (import `helm_python`), one child process
+  per call (see `airlock.helm_sdk`); the default when it is installed.
 - `CliHelm`: the `helm` CLI on the worker's PATH, called with argument lists (never a shell).
 
 Both take the same `HelmRelease` (what a target declares) and the same values: the chart's values
@@ -11,9 +11,11 @@ files merged in order, then `set` overrides (dotted paths), then the image tag a
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +41,11 @@ class HelmRelease:
     overrides: dict[str, Any] = field(default_factory=dict)
     image_tag_path: str = "image.tag"
     timeout_seconds: int = 300
+    image_tag: str = "{version}"
+
+    def tag(self, version: str) -> str:
+        """The image tag of `version` in this chart's convention (`v3.17.2`, `3.17.2-slim`, …)."""
+        return self.image_tag.replace("{version}", version)
 
 
 def set_path(values: dict, path: str, value: Any) -> None:
@@ -60,14 +67,14 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def release_values(release: HelmRelease, image_tag: str, extra: dict | None = None) -> dict:
-    """The values an upgrade to `image_tag` applies: files, then overrides, then the tag."""
+def release_values(release: HelmRelease, version: str, extra: dict | None = None) -> dict:
+    """The values an upgrade to `version` applies: files, then overrides, then the version's tag."""
     values: dict = {}
     for path in release.values_files:
         values = deep_merge(values, yaml.safe_load(Path(path).read_text()) or {})
     for path, value in release.overrides.items():
         set_path(values, path, value)
-    set_path(values, release.image_tag_path, image_tag)
+    set_path(values, release.image_tag_path, release.tag(version))
     return deep_merge(values, extra or {})
 
 
@@ -82,60 +89,51 @@ class HelmClient(Protocol):
 
 
 class SdkHelm:
-    """helm-python-sdk: Helm's own Go code in-process, talking to the cluster of `kubeconfig`."""
+    """helm-python-sdk: Helm's own Go code, run by `airlock.helm_sdk` in a child process named `helm`
+    (so its field manager is the CLI's), talking to the cluster of `kubeconfig`."""
 
     def __init__(self, kubeconfig: str):
-        import helm_python
-
-        self.helm = helm_python
+        if importlib.util.find_spec("helm_python") is None:
+            raise ImportError("helm-python-sdk is not installed")
         self.kubeconfig = kubeconfig
 
-    def _config(self, release: HelmRelease):
-        return self.helm.Config(kubeconfig_path=self.kubeconfig, namespace=release.namespace)
-
-    def _call(self, release: HelmRelease, what: str, call):
-        config = self._config(release)
-        try:
-            return call(config)
-        except self.helm.HelmError as error:
-            raise HelmError(f"helm {what} of release {release.name} in {release.namespace}: {error}") from None
-        finally:
-            config.close()
+    def _call(self, release: HelmRelease, what: str, op: str, **args: Any) -> Any:
+        request = {"op": op, "kubeconfig": self.kubeconfig, "args": {
+            "name": release.name, "namespace": release.namespace, "chart": release.chart,
+            "timeout": release.timeout_seconds, **args}}
+        package_root = str(Path(__file__).resolve().parents[1])
+        done = subprocess.run([str(Path(sys.executable).parent / "helm"), "-m", "airlock.helm_sdk"],
+                              executable=sys.executable, input=json.dumps(request), capture_output=True,
+                              text=True, check=False, timeout=release.timeout_seconds + 60,
+                              env=child_env({"PYTHONPATH": package_root}, network=True, prefixes=("HELM_",)))
+        answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() \
+            else {"error": f"the Helm SDK process exited {done.returncode}: {done.stderr.strip()[-1500:]}"}
+        if "error" in answer:
+            raise HelmError(f"helm {what} release {release.name} in {release.namespace}: {answer['error']}")
+        return answer["result"]
 
     def upgrade(self, release: HelmRelease, values: dict, description: str, install: bool = False) -> dict:
-        def run(config):
-            action = config.install if install else config.upgrade
-            return action(release.chart, release.name, values, timeout=release.timeout_seconds,
-                          description=description, chart_version=release.chart_version)
-        return self._call(release, "install" if install else "upgrade", run)
+        return self._call(release, "install of" if install else "upgrade of", "upgrade", values=values,
+                          description=description, install=install, chart_version=release.chart_version)
 
     def history(self, release: HelmRelease) -> list[dict]:
-        return list(self._call(release, "history", lambda config: config.history(release.name)))
+        return self._call(release, "history of", "history")
 
     def rollback(self, release: HelmRelease, revision: int) -> None:
-        self._call(release, f"rollback to {revision}", lambda config: config.rollback(
-            release.name, version=revision, timeout=release.timeout_seconds))
+        self._call(release, f"rollback to {revision} of", "rollback", revision=revision)
 
     def get_values(self, release: HelmRelease, revision: int | None = None) -> dict:
-        return dict(self._call(release, "get values", lambda config: config.get_values(
-            release.name, revision=revision)) or {})
+        return self._call(release, "get values of", "get_values", revision=revision)
 
     def manifest(self, release: HelmRelease, revision: int | None = None) -> str:
-        return self._call(release, "get manifest", lambda config: config.get_all(
-            release.name, revision=revision))["summary"]["manifest"]
+        return self._call(release, "get manifest of", "manifest", revision=revision)
 
     def status(self, release: HelmRelease) -> dict:
-        found = self._call(release, "status", lambda config: config.status(release.name))
+        found = self._call(release, "status of", "status")
         return {key: found.get(key) for key in ("name", "namespace", "revision", "status", "app_version")}
 
     def render(self, release: HelmRelease, values: dict) -> dict[str, str]:
-        chart = self.helm.Chart.load(release.chart)
-        try:
-            return dict(chart.render(values, name=release.name, namespace=release.namespace, is_upgrade=True))
-        except self.helm.HelmError as error:
-            raise HelmError(f"helm template of {release.chart} for release {release.name}: {error}") from None
-        finally:
-            chart.close()
+        return self._call(release, f"template of {release.chart} for", "render", values=values)
 
 
 class CliHelm:

@@ -118,21 +118,22 @@ class RolloutSensor(PollSensor):
     """Wait until every replica of a Helm target's server Deployment runs the new version."""
 
     check = "airlock.drivers.helm:rollout_check"
-    template_fields = ("timeout_minutes", "version", "deployment")
+    template_fields = ("timeout_minutes", "image_tag", "deployment")
 
-    def __init__(self, *, environment: str, conn_id: str, namespace: str, deployment: str, version: str, **kwargs):
+    def __init__(self, *, environment: str, conn_id: str, namespace: str, deployment: str, image_tag: str,
+                 **kwargs):
         super().__init__(**kwargs)
         self.environment, self.conn_id, self.namespace = environment, conn_id, namespace
-        self.deployment, self.version = deployment, version
+        self.deployment, self.image_tag = deployment, image_tag
 
     def check_kwargs(self) -> dict[str, Any]:
         return {"conn_id": self.conn_id, "namespace": self.namespace, "deployment": self.deployment,
-                "version": self.version}
+                "image_tag": self.image_tag}
 
     def timeout_message(self, event: dict) -> str:
         return (f"{self.environment}: deployment {self.namespace}/{self.deployment} not rolled out with "
-                f"{self.version} after {self.timeout_minutes} min ({event.get('rollout')}); the rollback restores "
-                "the database and rolls the release back to its recorded revision.")
+                f"image {self.image_tag} after {self.timeout_minutes} min ({event.get('rollout')}); the rollback "
+                "restores the database and rolls the release back to its recorded revision.")
 
 
 class RdsSnapshotSensor(PollSensor):

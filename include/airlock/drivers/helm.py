@@ -65,7 +65,8 @@ class HelmDriver:
         self.config = env.driver.helm
         self.release = HelmRelease(self.config.release, self.config.namespace, self.config.chart,
                                    self.config.chart_version, self.config.values_files, self.config.overrides,
-                                   self.config.image_tag_path, int(self.config.timeout_seconds))
+                                   self.config.image_tag_path, int(self.config.timeout_seconds),
+                                   self.config.image_tag)
         self.local = ProcessDriver(env, adapter, database)
         self._helm, self._kube = helm, kube
 
@@ -193,7 +194,7 @@ class HelmDriver:
         """`launch`, then wait for the rollout, switch (blue-green) and wait for the server to answer."""
         started = time.monotonic()
         launched = self.launch(version)
-        self.wait_rollout(launched["deployment"], rolled_out(version), f"rolled out with {version}")
+        self.wait_rollout(launched["deployment"], rolled_out(self.release.tag(version)), f"rolled out with {version}")
         switched = self.switch(version)
         health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
         return {**launched, "switch": switched, "seconds_to_healthy": round(time.monotonic() - started, 3),
@@ -262,7 +263,7 @@ class HelmDriver:
             action, deployment = f"rolled back to revision {state['revision']}", self.config.deployment
         else:
             return self.start(version)
-        self.wait_rollout(deployment, rolled_out(version), f"rolled out with {version}")
+        self.wait_rollout(deployment, rolled_out(self.release.tag(version)), f"rolled out with {version}")
         health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
         return {"version": version, "action": action, "seconds_to_healthy": round(time.monotonic() - started, 3),
                 "health_seconds": round(health, 3)}
@@ -304,12 +305,12 @@ def finished_job(environment: str, check: dict) -> dict:
     return {"job": check["job"], "image": check["image"], "output_tail": check["logs"][-1000:]}
 
 
-def rolled_out(version: str):
-    """Every replica of the Deployment runs `version` and is available."""
-    return lambda rollout: rollout.done and rollout.replicas > 0 and rollout.image.endswith(f":{version}")
+def rolled_out(tag: str):
+    """Every replica of the Deployment runs the image tagged `tag` and is available."""
+    return lambda rollout: rollout.done and rollout.replicas > 0 and rollout.image.endswith(f":{tag}")
 
 
-def rollout_check(conn_id: str, namespace: str, deployment: str, version: str) -> dict:
-    """Done when every replica of the Deployment runs `version` and is available."""
+def rollout_check(conn_id: str, namespace: str, deployment: str, image_tag: str) -> dict:
+    """Done when every replica of the Deployment runs `image_tag` and is available."""
     rollout = kube_for(conn_id).rollout(namespace, deployment)
-    return {"done": rolled_out(version)(rollout), "rollout": rollout.describe()}
+    return {"done": rolled_out(image_tag)(rollout), "rollout": rollout.describe()}
