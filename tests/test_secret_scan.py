@@ -13,8 +13,10 @@ from airlock.child_env import child_env
 
 
 def started(env: dict) -> subprocess.Popen:
-    """zstd waiting on its input: a process of the kind Airlock starts."""
-    process = subprocess.Popen(["zstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    """zstd waiting on its input: a process of the kind Airlock starts (marked as planted, so that only
+    this test looks at it, not the watch of another pytest worker)."""
+    process = subprocess.Popen(["zstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               env={**env, "AIRLOCK_SECRET_SCAN_PLANTED": "1"})
     time.sleep(0.2)
     return process
 
@@ -43,7 +45,8 @@ def test_the_minimal_environment_passes_and_a_password_in_argv_does_not(monkeypa
     monkeypatch.setattr(leaks, "AIRLOCK_TOOLS", {*leaks.AIRLOCK_TOOLS, "cat"})
     clean = started(child_env())
     in_argv = subprocess.Popen(["cat", "-", leaks.PLANTED["database"]], stdin=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**child_env(), "AIRLOCK_SECRET_SCAN_PLANTED": "1"})
     time.sleep(0.2)
     try:
         clean_problems = leaks.process_problems(str(clean.pid))
