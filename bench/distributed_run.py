@@ -9,7 +9,7 @@ task instances, on an MLflow 2.16.2 → 3.17.2 process target:
   sampled every second. A training run keeps staging's drain waiting for --drain-seconds; a person
   answers the gate --gate-seconds after it opens.
 
-Last line: `overhead ratio X.Xx (wall/work), N slot-seconds held while waiting W s`.
+Last line: `overhead ratio X.Xx ((wall - waits)/work), N slot-seconds held while waiting W s`.
 
     .venv/bin/python bench/distributed_run.py [--drain-seconds 30] [--gate-seconds 30]
 """
@@ -120,8 +120,8 @@ def report(airflow: DistributedAirflow, run_id: str, spent: dict[str, dict]) -> 
     print(f"overhead (wall - work - waits) {wall - total_work - waited:7.1f} s")
     for task, s in spent.items():
         print(f"  {task:28} held a worker slot {s['running']:5.1f} s, waited without one {s['waiting']:6.1f} s")
-    print(f"overhead ratio {wall / total_work:.1f}x (wall/work), {held:.0f} slot-seconds held while waiting "
-          f"{waited:.0f} s")
+    print(f"overhead ratio {(wall - waited) / total_work:.1f}x ((wall - waits)/work), {held:.0f} slot-seconds "
+          f"held while waiting {waited:.0f} s")
 
 
 def main() -> None:
