@@ -8,14 +8,36 @@ TOOL_PKGS := mariadb-client mydumper postgresql-client-15 zstd
 # ^ the tools Airlock's tasks call: the Dockerfile installs the same (tests/test_compose.py checks it)
 DEB_PKGS  := default-libmysqlclient-dev pkg-config redis-server $(TOOL_PKGS)
 APT       := apt-get -o DPkg::Lock::Timeout=300 -y -qq
+SHELL     := /bin/bash
 
-.PHONY: demo test lint deps system-deps clean
+.PHONY: demo test lint deps system-deps services clean
 
 demo: deps
 	$(PY) -m airlock.demo.run
 
-test: deps lint
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30
+# Three pytest sessions at once, each one test at a time: the distributed Airflow's module (then pip's
+# resolutions against the package index and ZenML's slow servers), the other modules that mostly
+# wait on servers (Helm on a kube-apiserver, drain decisions, schedules and windows, Sematic), and
+# the rest. The first two write to .test-*.log,
+# printed after the rest's output; then every session's failures in one list, so the end of CI's
+# output says what failed even when its start is cut. Any session failing (or collecting nothing)
+# fails the target.
+DISTRIBUTED := tests/test_distributed.py tests/test_resolution.py tests/test_upgrade_zenml.py
+WAITING     := tests/test_upgrade_helm.py tests/test_drain_decision.py tests/test_operations.py \
+               tests/test_upgrade_sematic.py
+PYTEST      := $(PY) -m pytest -q -p no:cacheprovider --durations=20
+
+test: deps lint services
+	@$(PYTEST) $(DISTRIBUTED) > .test-distributed.log 2>&1 & distributed=$$!; \
+	$(PYTEST) $(WAITING) > .test-waiting.log 2>&1 & waiting=$$!; \
+	$(PYTEST) tests $(addprefix --ignore=,$(DISTRIBUTED) $(WAITING)) 2>&1 | tee .test-rest.log; main=$${PIPESTATUS[0]}; \
+	wait $$distributed; first=$$?; wait $$waiting; second=$$?; \
+	echo "--- run beside the rest: $(DISTRIBUTED) ---"; cat .test-distributed.log; \
+	echo "--- run beside the rest: $(WAITING) ---"; cat .test-waiting.log; \
+	echo "--- failures of all three sessions ---"; \
+	grep -h -E "^(FAILED|ERROR) " .test-rest.log .test-distributed.log .test-waiting.log || echo "none"; \
+	echo "exit codes: $$main (the rest), $$first (the distributed Airflow), $$second (the other waiting modules)"; \
+	test $$main = 0 && test $$first = 0 && test $$second = 0
 
 lint: deps
 	$(VENV)/bin/ruff check include dags tests bench
@@ -35,6 +57,26 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+# The machine's own MariaDB (127.0.0.1:3306) and PostgreSQL (127.0.0.1:5432), which the tests share:
+# started when they are down (a machine restarted without them), then waited for; one that runs but
+# does not answer is reported, never killed.
+services:
+	@if ! pgrep -x mariadbd >/dev/null; then \
+	  echo "MariaDB is not running: starting it"; \
+	  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
+	fi; \
+	if ! pgrep -f 'postgres -D' >/dev/null; then \
+	  echo "PostgreSQL is not running: starting it"; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	fi; \
+	for i in $$(seq 60); do \
+	  mariadb-admin -h 127.0.0.1 -u root --connect-timeout=2 ping >/dev/null 2>&1 \
+	    && pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; \
+	  sleep 1; \
+	done; \
+	echo "MariaDB (127.0.0.1:3306, root) or PostgreSQL (127.0.0.1:5432) does not answer after 60 s:" \
+	  "see /var/log/mysql/error.log and /var/log/postgresql/; the tests need both"; exit 1
 
 clean:
 	rm -rf $(VENV) build include/*.egg-info

@@ -9,13 +9,9 @@ run on the same data. Prints the writer's stalls and the times; last line:
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import MySQLdb
 from airlock.backups import (
     check_files,
     read_manifest,
@@ -26,47 +22,10 @@ from airlock.backups import (
 )
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, quote_identifier
 from airlock.stores.local import LocalBackupStore
-from backup import bench_args, generated, timed
+from backup import Writer, bench_args, generated, timed
 
 META = {"target": "bench", "environment": "production", "purpose": "bench", "run_id": "bench",
         "platform": "mlflow", "platform_version": "0"}
-
-
-class Writer:
-    """Inserts a row every 10 ms and records how long each insert took."""
-
-    def __init__(self, args, database: str):
-        self.conn = MySQLdb.connect(host=args.host, port=args.port, user=args.user, password=args.password,
-                                    database=database, autocommit=True)
-        self.conn.cursor().execute("CREATE TABLE IF NOT EXISTS writes (id INT AUTO_INCREMENT PRIMARY KEY, at DOUBLE)")
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        cursor = self.conn.cursor()
-        while not self.stop.is_set():
-            started = time.monotonic()
-            cursor.execute("INSERT INTO writes (at) VALUES (%s)", (started,))
-            self.latencies.append(time.monotonic() - started)
-            time.sleep(0.01)
-
-    def __enter__(self):
-        self.thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)
-        self.stop.set()
-        self.thread.join()
-        self.conn.close()
-
-    def summary(self) -> str:
-        ordered = sorted(self.latencies)
-        p99 = ordered[int(len(ordered) * 0.99) - 1]
-        return (f"{len(ordered)} writes, median {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.0f} ms, "
-                f"longest stall {max(ordered):.2f} s")
 
 
 def main_style_locked_dump(db: MysqlDatabase, directory: Path) -> None:

@@ -1,9 +1,17 @@
-"""Airflow DAGs: one upgrade DAG per target of the targets file.
+"""Airflow DAGs: per target of the targets file, its upgrade DAG and its on-call rollback DAG; per
+fleet, its DAG of waves.
 
 The targets file is include/targets.yaml, or the file named by $AIRLOCK_TARGETS_FILE. A broken
 file raises here, so it shows as this file's import error with the file, target and field.
 """
 
+from airflow.sdk import get_parsing_context
 from airlock.dag_factory import build_upgrade_dags
+from airlock.fleet_dag import build_fleet_dags
+from airlock.rollback_dag import build_rollback_dags
 
-globals().update(build_upgrade_dags())
+# A worker that parses this file to run a task builds that task's DAG alone (None: every DAG).
+only = get_parsing_context().dag_id
+globals().update(build_upgrade_dags(only=only))
+globals().update(build_rollback_dags(only=only))
+globals().update(build_fleet_dags(only=only))

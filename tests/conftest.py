@@ -36,6 +36,17 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """The temporary directory of the code under test (in this process and the ones it starts), for
+    tests that look for what it left there: /tmp is shared with the tests running beside."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def airflow_db():
     """A fresh SQLite metadata database for this test session."""
@@ -94,9 +105,10 @@ def aws_conn_id(moto_endpoint, request):
         yield conn_id
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_api():
-    """A real kube-apiserver + etcd (../shared/envtest), for the whole session."""
+    """A real kube-apiserver + etcd (../shared/envtest), for one module: idle, the pair still takes a
+    tenth of a core, which the sessions' other modules need more."""
     from kube import envtest_assets, start_api_server
 
     assets = envtest_assets()
@@ -128,3 +140,4 @@ def no_secret_leaks(process_watch, tmp_path_factory):
     problems = process_watch.take() + leaks.files_problems_elsewhere(roots, since)
     if problems:
         pytest.fail("secret scan: " + "; ".join(sorted(set(problems))[:20]), pytrace=False)
+

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airlock.drivers.process import port_open
 from airlock.http import ServerError, request_json, request_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +84,9 @@ class DistributedAirflow:
                 "AIRFLOW__API__PORT": str(API_PORT), "AIRFLOW__API__BASE_URL": self.api_url,
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # parsed once: the targets file is written before the start, and a re-parse every 30 s
+                # (the default) takes CPU that the tests' servers need on a 2-core machine
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
                 "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "include")]), **self.logging()}
 
@@ -110,6 +114,18 @@ class DistributedAirflow:
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        """Every component up, or none: a failed start stops what it started (a Redis or a worker left
+        behind would take the next run's tasks)."""
+        taken = [port for port in (API_PORT, REDIS_PORT, *LOG_PORTS.values()) if port_open("127.0.0.1", port)]
+        assert not taken, (f"ports {taken} are in use: a distributed Airflow left by an earlier run? Stop it "
+                           "(its Redis shows as `redis-server 127.0.0.1:5271`) and run again")
+        try:
+            self.start_all()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         if self.passwords:
@@ -202,28 +218,76 @@ def fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+@dataclass
+class Follow:
+    """A run to follow to its end: the gates to answer (`answers`: task id → option, like a person
+    who reads the body first) and what to do once a task is first seen in a state (`on`: (task id,
+    state) → action, each done once: a fault injected at the right moment). `seen` keeps every
+    (task id, state) it saw (every 2 s: a state held for less may be missed)."""
+
+    dag_id: str
+    run_id: str
+    answers: dict[str, str] = field(default_factory=dict)
+    on: dict[tuple[str, str], Callable[[], object]] = field(default_factory=dict)
+    first_seen: dict[str, float] = field(default_factory=dict)
+    done: set = field(default_factory=set)
+    seen: set = field(default_factory=set)
+    now: dict[str, str | None] = field(default_factory=dict)
+
+    def where(self) -> str:
+        """Where an unfinished run stands: its tasks neither done nor yet to start, by state."""
+        going = {task: state for task, state in self.now.items() if state not in ("success", "skipped", None)}
+        return f"{self.dag_id} run {self.run_id} at {going or 'no task started'}"
+
+    def step(self, airflow: DistributedAirflow, read_seconds: float) -> dict | None:
+        """The finished run, or None after acting on what its tasks show now."""
+        run = airflow.call("GET", f"/dags/{self.dag_id}/dagRuns/{self.run_id}")
+        if run["state"] in ("success", "failed"):
+            return run
+        tis = task_instances(airflow, self.dag_id, self.run_id)
+        self.now = {ti["task_id"]: ti["state"] for ti in tis}
+        for task_id, state in ((ti["task_id"], ti["state"]) for ti in tis):
+            seen = (task_id, state)
+            self.seen.add(seen)
+            if seen in self.on and seen not in self.done:
+                self.done.add(seen)
+                self.on[seen]()
+            waiting = state == "awaiting_input" and task_id in self.answers and task_id not in self.done
+            if waiting and time.monotonic() - self.first_seen.setdefault(task_id, time.monotonic()) >= read_seconds:
+                answer(airflow, self.dag_id, self.run_id, task_id, self.answers[task_id])
+                self.done.add(task_id)
+        return None
+
+
+def follow_runs(airflow: DistributedAirflow, runs: dict[str, Follow], timeout: float,
+                read_seconds: float = 8, stalled: float = 600) -> dict[str, dict]:
+    """Follow several runs at once to their ends; each finished run by name. They fail when they
+    are not done within `timeout`, or sooner when no task of theirs changed state for `stalled`
+    seconds (a hang, told apart from a machine that is merely slow), saying where each one stands."""
+    start = progress = time.monotonic()
+    finished: dict[str, dict] = {}
+    seen = 0
+    while (now := time.monotonic()) - start < timeout and now - progress < stalled:
+        for name, follow in runs.items():
+            if name not in finished and (run := follow.step(airflow, read_seconds)):
+                finished[name] = run
+        if len(finished) == len(runs):
+            return finished
+        if (seen_now := sum(len(follow.seen) for follow in runs.values()) + len(finished)) > seen:
+            seen, progress = seen_now, time.monotonic()
+        time.sleep(2)
+    why = (f"no task changed state for {stalled:.0f} s" if time.monotonic() - progress >= stalled
+           else f"not done within {timeout:.0f} s")
+    left = "; ".join(follow.where() for name, follow in runs.items() if name not in finished)
+    raise AssertionError(f"{why}: {left}")
+
+
 def wait_for_state(airflow: DistributedAirflow, dag_id: str, run_id: str, timeout: float,
                    answers: dict[str, str] | None = None, read_seconds: float = 8,
                    on: dict[tuple[str, str], Callable[[], object]] | None = None) -> dict:
-    """Follow a run to its end, answering gates (`answers`: task id → option) like a person who reads
-    the body first, and doing what `on` says once a task is first seen in a state ((task id, state) →
-    action, each done once: a fault injected at the right moment); the finished run."""
-    deadline, first_seen, done = time.monotonic() + timeout, {}, set()
-    while time.monotonic() < deadline:
-        run = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-        if run["state"] in ("success", "failed"):
-            return run
-        for ti in task_instances(airflow, dag_id, run_id):
-            task_id, seen = ti["task_id"], (ti["task_id"], ti["state"])
-            if seen in (on or {}) and seen not in done:
-                done.add(seen)
-                on[seen]()
-            waiting = ti["state"] == "awaiting_input" and task_id in (answers or {}) and task_id not in done
-            if waiting and time.monotonic() - first_seen.setdefault(task_id, time.monotonic()) >= read_seconds:
-                answer(airflow, dag_id, run_id, task_id, answers[task_id])
-                done.add(task_id)
-        time.sleep(2)
-    raise AssertionError(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
+    """Follow one run to its end (see Follow and follow_runs); the finished run."""
+    return follow_runs(airflow, {"run": Follow(dag_id, run_id, answers or {}, on or {})}, timeout,
+                       read_seconds)["run"]
 
 
 def answer(airflow: DistributedAirflow, dag_id: str, run_id: str, task_id: str, option: str,

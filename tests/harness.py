@@ -11,7 +11,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,8 +48,18 @@ class Platform:
     server_env: dict[str, str] = field(default_factory=dict)
 
 
+MLFLOW_JOBS_OFF = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+"""MLflow 3 servers start a job runner by default (seven more processes, each importing mlflow: about
+half a minute of CPU per start on these 2 cores); the tests switch it off except where they keep it
+on (test_upgrade_mlflow's "happy" run), since no test is about MLflow's jobs."""
+
+MLFLOW_NO_IDLE_CONNECTIONS = {"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
+"""Each MLflow server keeps 5 pooled connections open by default: the tests' thirty-odd servers at once
+would fill the shared MariaDB's 151; with NullPool a server holds one only while it uses it."""
+
 PLATFORMS = {
-    "mlflow": Platform("mlflow", OLD, NEW, "mysql", SEED_MLFLOW),
+    "mlflow": Platform("mlflow", OLD, NEW, "mysql", SEED_MLFLOW, {MLFLOW_JOBS_OFF: "false",
+                                                                   **MLFLOW_NO_IDLE_CONNECTIONS}),
     "zenml": Platform("zenml", "0.90.0", "0.98.0", "mysql", SEED_ZENML,
                       {"ZENML_SERVER_ALLOW_LOCAL_FILE_ACCESS": "true"}),
     "sematic": Platform("sematic", "0.39.1", "0.41.0", "sqlite", SEED_SEMATIC),
@@ -98,7 +110,7 @@ class Scenario:
                          **login, **self.environment_settings.get(env, {})}
         return {"platform": self.platform.name, "approvers": ["admin"], "upgrade": {"allow_minor_skips": True},
                 "backup": {"location": str(self.root / "backups")},
-                "drain": {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60},
+                "drain": DRAIN,
                 "watch": {"interval_seconds": 1, "consecutive_failures": 2, "unhealthy_seconds": 3},
                 "environments": envs, **self.settings}
 
@@ -121,8 +133,13 @@ class Scenario:
         return open_environment(target, name, resolve=lambda config: self.databases[name])
 
 
-def write_targets(path: Path, scenarios: list[Scenario]) -> None:
-    path.write_text(yaml.safe_dump({"targets": {s.name: s.target_entry() for s in scenarios}}))
+DRAIN = {"timeout_minutes": 10, "poll_interval_seconds": 1, "stale_after_minutes": 60}
+"""The scenarios' drain settings, unless a scenario gives its own."""
+
+
+def write_targets(path: Path, scenarios: list[Scenario], fleets: dict | None = None) -> None:
+    path.write_text(yaml.safe_dump({"targets": {s.name: s.target_entry() for s in scenarios},
+                                    **({"fleets": fleets} if fleets else {})}))
 
 
 def make_scenario(name: str, root: Path, staging_port: int, production_port: int, platform: str = "mlflow",
@@ -149,6 +166,27 @@ def seed(scenario: Scenario, env_name: str) -> None:
     assert result.returncode == 0, f"seeding {env_name} of {scenario.name} failed:\n{result.stderr[-3000:]}"
 
 
+@contextmanager
+def seeded_production(scenario: Scenario, monkeypatch) -> Iterator[Environment]:
+    """The scenario's production on the old version, seeded by its own client, with its targets file
+    and database connection set for Airlock; stopped and its databases dropped afterwards."""
+    from services import connection_uri_for_airflow
+
+    targets = scenario.root.parent / "targets.yaml"
+    write_targets(targets, [scenario])
+    monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(targets))
+    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_MYSQL", connection_uri_for_airflow())
+    env = scenario.env("production")
+    env.driver.start(scenario.platform.old)
+    seed(scenario, "production")
+    try:
+        yield env
+    finally:
+        env.driver.stop()
+        for db in scenario.databases.values():
+            db.drop()
+
+
 def start_and_seed(scenario: Scenario) -> None:
     """Both environments on the old version, seeded by the old version's own client."""
     for env_name in ("staging", "production"):
@@ -166,6 +204,7 @@ def start_and_seed(scenario: Scenario) -> None:
                 scenario.platform.name, scenario.auth, env.config.url, env.driver.venv_path(scenario.platform.old),
                 scratch, env.database.sqlalchemy_uri())
             platform_logins.set_connection(platform_logins.conn_id_for(scenario.name, env_name), credential)
+            platform_logins.cheap_password_hashes(scenario.platform.name, scenario.auth, scenario.root / env_name)
         seed(scenario, env_name)
 
 
@@ -181,19 +220,25 @@ def install_and_seed(scenario: Scenario, helm: HelmClient) -> None:
         seed(scenario, env)
 
 
-def stop_all(scenario: Scenario) -> None:
-    """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases."""
-    for env_name in ("staging", "production"):
+def stop_all(*scenarios: Scenario) -> None:
+    """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases,
+    all at once (each server takes a moment to exit)."""
+    def stop(scenario: Scenario, env_name: str) -> None:
         if scenario.driver == "process":
             scenario.env(env_name, login=False).driver.stop()
-    for db in scenario.databases.values():
-        db.drop()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda args: stop(*args), [(s, env) for s in scenarios for env in ENVS]))
+    for scenario in scenarios:
+        for db in scenario.databases.values():
+            db.drop()
 
 
 class GateAnswerer(threading.Thread):
     """Plays on-call and the approver: answers each pending gate through the REST API, a few
     seconds after it appears (like a person reading it). `answers` maps a gate's task id to its
-    answer; the UAT approval ("uat.approval") gets `answer`."""
+    answer (or to answers tried in turn until one is taken); the UAT approval ("uat.approval") gets
+    `answer`."""
 
     READ_SECONDS = 3
 
@@ -204,6 +249,9 @@ class GateAnswerer(threading.Thread):
         self.answers = {**({"uat.approval": answer} if answer else {}), **(answers or {})}
         self.responses: dict[str, dict] = {}
         self.bodies: dict[str, str] = {}
+        self.options: dict[str, list[str]] = {}
+        self.tried: dict[str, list[tuple[str, int]]] = {}
+        """Each answer given to a gate, with the API's status (a refused option, then the one taken)."""
         self.stop_event = threading.Event()
 
     @property
@@ -231,10 +279,16 @@ class GateAnswerer(threading.Thread):
                 seen = first_seen.setdefault(task_id, time.monotonic())
                 if task_id not in self.answers or time.monotonic() - seen < self.READ_SECONDS:
                     continue
-                answer = client.patch(
-                    f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                    f"{task_id}/{ti['map_index']}/hitlDetails",
-                    json={"chosen_options": [self.answers[task_id]], "params_input": {}})
+                self.options[task_id] = detail.get("options") or []
+                given = self.answers[task_id]
+                for option in given if isinstance(given, list) else [given]:  # in turn, until one is taken
+                    answer = client.patch(
+                        f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
+                        f"{task_id}/{ti['map_index']}/hitlDetails",
+                        json={"chosen_options": [option], "params_input": {}})
+                    self.tried.setdefault(task_id, []).append((option, answer.status_code))
+                    if answer.status_code == 200:
+                        break
                 self.responses[task_id] = {"status": answer.status_code, "body": answer.json(), "task_id": task_id}
             time.sleep(1)
 
@@ -244,7 +298,20 @@ def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None 
     """Trigger the DAG like an operator would (with params) and answer its gates; return the run."""
     from airlock.dag_factory import build_upgrade_dags
 
-    dag = build_upgrade_dags(str(targets_file))[dag_id]
+    return run_dag(build_upgrade_dags(str(targets_file))[dag_id], conf, answer, answers)
+
+
+def run_rollback(target: str, targets_file: Path, conf: dict, answer: str | None = "Approve"):
+    """Trigger on-call's rollback DAG and answer its confirmation; return the run and the answerer."""
+    from airlock.rollback_dag import build_rollback_dags
+
+    dag = build_rollback_dags(str(targets_file))[f"airlock_rollback__{target}"]
+    return run_dag(dag, conf, None, {"confirm": answer} if answer else None)
+
+
+def run_dag(dag, conf: dict, answer: str | None, answers: dict[str, str] | None):
+    """Run a DAG under dag.test() while a GateAnswerer answers its gates."""
+    dag_id = dag.dag_id
     answerer = GateAnswerer(dag_id, answer, answers)
     answerer.start()
     try:
@@ -296,18 +363,23 @@ def last_record(scenario: Scenario) -> dict:
     return upgrade_log.read(scenario.root / "backups")[-1]
 
 
+WATCHING_STATES = ("running", "deferred", "queued")
+"""A task at work, or waiting in its trigger (which dag.test() runs inline, showing the task as queued)."""
+
+
 def crash_server_while(dag_id: str, task_id: str, pid_of: Callable[[], int | None],
                        before: Callable[[], object] = lambda: None,
                        after: Callable[[], object] = lambda: None) -> list[int]:
-    """Kill a server (SIGKILL, as a crash would) once `task_id` is running; `pid_of` finds its
-    process then. `before` runs just before the kill (a user writing), `after` just after (a pod
-    restarting, something else taking the port). The returned list gets the pid when it happened."""
+    """Kill a server (SIGKILL, as a crash would) once `task_id` is running or waiting in a trigger
+    (dag.test() shows a task whose trigger it runs inline as queued); `pid_of` finds its process then.
+    `before` runs just before the kill (a user writing), `after` just after (a pod restarting,
+    something else taking the port). The returned list gets the pid when it happened."""
     crashed: list[int] = []
 
     def crash():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not crashed:
-            if task_state(dag_id, task_id) == "running":
+            if task_state(dag_id, task_id) in WATCHING_STATES:
                 before()
                 pid = pid_of()
                 os.killpg(pid, signal.SIGKILL)

@@ -1,7 +1,8 @@
 """A real Kubernetes API server for tests: kube-apiserver + etcd from ../shared/envtest.
 
 The binaries come from `shared/envtest/build.sh` (KUBEBUILDER_ASSETS, or the script's cache).
-There is no controller, scheduler or kubelet: tests play them by patching `status` subresources.
+There is no controller, scheduler or kubelet: tests play them by patching `status` subresources,
+and serve pod logs to the API server (which trusts the certificate made here for that).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class ApiServer:
     processes: list[subprocess.Popen]
     root: Path
 
+    @property
+    def kubelet_tls(self) -> tuple[Path, Path]:
+        """Certificate and key a test kubelet serves pod logs with (the API server trusts it)."""
+        return self.root / "kubelet.crt", self.root / "kubelet.key"
+
     def stop(self) -> None:
         for process in reversed(self.processes):  # kube-apiserver first, then etcd
             if process.poll() is None:
@@ -105,6 +111,10 @@ def start_api_server(assets: Path) -> ApiServer:
     client, peer, port = free_port(), free_port(), free_port()
     token, deployer_token = secrets.token_hex(16), PLANTED["kubernetes"]  # Airlock deploys with the latter
     subprocess.run(["openssl", "genrsa", "-out", str(root / "sa.key"), "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(root / "kubelet.key"), "-out", str(root / "kubelet.crt")],
+                   check=True, capture_output=True)
     (root / "tokens.csv").write_text(f'{token},envtest-admin,envtest-admin,"system:masters"\n'
                                      f'{deployer_token},{DEPLOYER},{DEPLOYER}\n')
     logs = root / "logs"
@@ -128,7 +138,8 @@ def start_api_server(assets: Path) -> ApiServer:
              f"--service-account-key-file={root / 'sa.key'}", f"--service-account-signing-key-file={root / 'sa.key'}",
              f"--token-auth-file={root / 'tokens.csv'}", "--authorization-mode=RBAC",
              "--service-cluster-ip-range=10.0.0.0/24", "--disable-admission-plugins=ServiceAccount",
-             "--allow-privileged=true"],
+             "--allow-privileged=true", f"--kubelet-certificate-authority={root / 'kubelet.crt'}",
+             "--kubelet-preferred-address-types=InternalIP"],
             stdout=open(logs / "kube-apiserver.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             start_new_session=True))
         wait_until(server.ca_file.is_file, 30, "kube-apiserver certificate")

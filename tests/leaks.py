@@ -65,10 +65,15 @@ def variants(secret: str) -> set[str]:
     return {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
 
 
+SPELLINGS = {name: variants(secret) for name, secret in PLANTED.items()}
+
+
 def hits_in(text: str, names: tuple[str, ...] | None = None) -> list[str]:
     """Which planted secrets (by name) appear in `text`, in any spelling."""
-    return [name for name, secret in PLANTED.items() if (names is None or name in names)
-            and any(form in text for form in variants(secret))]
+    if MARK not in text:
+        return []
+    return [name for name, forms in SPELLINGS.items() if (names is None or name in names)
+            and any(form in text for form in forms)]
 
 
 def venv_root() -> str:
@@ -86,23 +91,37 @@ def started_by_airlock(argv: list[str]) -> bool:
     return by_airlock and not any(owned in line for owned in TEST_OWNED)
 
 
+def process_identity(pid: str) -> bytes | None:
+    """Its start time and argv: what changes when a pid is reused or a process execs."""
+    try:
+        started = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19]
+        return started + b"\0" + Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return None
+
+
 def process_problems(pid: str, *, planted_too: bool = True) -> list[str]:
     """What is wrong with one running process's argv and environment, if Airlock started it
     (`planted_too=False`: nothing, for a process planted on purpose)."""
     try:
         argv = [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 if part]
+        if not started_by_airlock(argv):
+            return []
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return []
-    if not started_by_airlock(argv) or (not planted_too and PLANTED_ON_PURPOSE in environ):
+    if not planted_too and PLANTED_ON_PURPOSE in environ:
         return []
     what = os.path.basename(argv[0]) + (f" {argv[1]}" if len(argv) > 1 else "")
     problems = [f"argv of {what!r} holds the {name} secret" for name in hits_in("\0".join(argv))]
+    planted = MARK.encode()  # every planted secret, in every spelling, carries it
     for entry in environ:
         name, _, value = entry.decode(errors="replace").partition("=")
         if name.startswith(("AIRFLOW_", "AIRFLOW__", "AWS_")):
             problems.append(f"{what!r} inherited {name}")
+        if planted not in entry:
+            continue
         allowed = ("database",) if name in DATABASE_URL_VARIABLES else ("platform",) \
             if name in CLIENT_LOGIN_VARIABLES else ()
         problems += [f"{what!r} has the {secret} secret in {name}" for secret in hits_in(value)
@@ -120,13 +139,19 @@ class ProcessWatch:
 
     def run(self) -> None:
         seen: set[str] = set()
+        checked: dict[str, bytes] = {}  # pid → its start time and argv when last looked at
         while not self.stopping.wait(self.interval):
+            alive = {}
             for pid in os.listdir("/proc"):
-                if pid.isdigit():
+                if pid.isdigit() and (identity := process_identity(pid)) is not None:
+                    alive[pid] = identity
+                    if checked.get(pid) == identity:
+                        continue  # the same process, not exec'd since: its environment was read
                     for problem in process_problems(pid, planted_too=False):
                         if problem not in seen:
                             seen.add(problem)
                             self.found.append(problem)
+            checked = alive
 
     def take(self) -> list[str]:
         found, self.found = self.found, []

@@ -43,6 +43,15 @@ def ensure_test_user() -> None:
     conn.close()
 
 
+def scratch_copies_on_its_server(db: MysqlDatabase, label: str) -> list[str]:
+    """The scratch copies of this database (by `label`) left on its own server. Only this database's:
+    the server is shared with tests running beside, whose copies come and go."""
+    pattern = db.scratch_prefix(label).replace("_", r"\_") + "%"
+    with db.connect(database=None) as conn:
+        return [row[0] for row in db.query(
+            conn, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", (pattern,))]
+
+
 def new_database(prefix: str, tool: str | None = None) -> MysqlDatabase:
     ensure_test_user()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"

@@ -19,6 +19,7 @@ from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, charset_clause
 from airlock.databases.postgresql import PostgresDatabase, PostgresParams
 from airlock.databases.sqlite import SNAPSHOT, SqliteDatabase
+from airlock.migrated_data import compare_migrated, migration_losses, shared_columns
 from airlock.signing import Signer
 from airlock.stores.base import sha256_of
 from airlock.stores.local import LocalBackupStore
@@ -107,18 +108,48 @@ def test_round_trip_restores_identical_data_and_drops_what_a_migration_added(db,
     assert json.loads((store.path("b1") / "configuration.json").read_text()) == {"version": "2.16.2"}
 
 
+def migrated_losses(db, manifest, rewritten: tuple[str, ...] = ()) -> list[str]:
+    """The database now against a backup, as the step after a migration compares them."""
+    return compare_migrated(db, manifest.tables, manifest.facts["columns"], rewritten)[2]
+
+
+def test_a_migration_that_adds_is_equal_and_one_that_loses_or_rewrites_is_named(db, tmp_path):
+    """The checksums over the columns both schemas share: what a migration adds is not judged; a
+    row, a column or a value it loses is named (each database kind computes them itself)."""
+    manifest = take_backup(db, store_in(tmp_path), "b1", META)
+    assert manifest.facts["columns"]["metrics"] == ["id", "experiment_id", "value", "payload"]
+    assert db.table_stats(manifest.facts["columns"]) == manifest.tables  # all columns: the same checksum
+    execute(db, "CREATE TABLE added_by_migration (x INTEGER)", "ALTER TABLE experiments ADD COLUMN workspace "
+                "VARCHAR(50) DEFAULT 'default'", "UPDATE experiments SET workspace = 'team-a' WHERE id < 5")
+    assert migrated_losses(db, manifest) == []
+
+    execute(db, "UPDATE experiments SET name = 'renamed' WHERE id = 3", "ALTER TABLE metrics DROP COLUMN payload")
+    changed = "table experiments: values changed in its old columns (39 rows)"
+    assert migrated_losses(db, manifest) == [
+        changed, "table metrics: column(s) payload dropped, with the values of 499 rows"]
+    execute(db, "DELETE FROM metrics WHERE id > 400")
+    assert migrated_losses(db, manifest) == [changed, "table metrics: 499 rows before, 400 after"]
+    execute(db, "INSERT INTO experiments (id, name) VALUES (40, 'the vendor adds one of its own')")
+    assert migrated_losses(db, manifest)[0] == "table experiments: 39 rows before, 40 after"
+    # a table the vendor's migration rewrites by design: only that none of its rows went is checked
+    assert migrated_losses(db, manifest, rewritten=("experiments",)) == ["table metrics: 499 rows before, 400 after"]
+    assert migrated_losses(db, manifest, rewritten=("experiments", "metrics")) == [
+        "table metrics: 499 rows before, 400 after"]
+
+
 def test_verification_leaves_no_scratch_database_behind(db, tmp_path):
     store = store_in(tmp_path)
     take_backup(db, store, "b1", META)
     verify_backup(db, store, "b1")
     if isinstance(db, SqliteDatabase):
-        assert not list(Path(tempfile.gettempdir()).glob("airlock-verify-production-*"))
+        assert not list(Path(tempfile.gettempdir()).glob(db.scratch_prefix("production").replace("_", "-") + "*"))
         return
     listing = ("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA" if isinstance(db, MysqlDatabase)
                else "SELECT datname FROM pg_database")
     with db.connect(database="postgres" if isinstance(db, PostgresDatabase) else None) as conn:
         names = [row[0] for row in db.query(conn, listing)]
-    assert not [name for name in names if name.startswith("airlock_verify_production")]
+    # only this database's copies: the server is shared with tests running beside
+    assert not [name for name in names if name.startswith(db.scratch_prefix("production"))]
 
 
 def test_dump_whose_rows_differ_fails_verification_naming_the_table(db, tmp_path):
@@ -203,9 +234,8 @@ def test_postgres_backup_is_consistent_while_writes_go_on(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["mysql", "postgresql"])
-def test_errors_never_show_the_password(kind, tmp_path, caplog):
+def test_errors_never_show_the_password(kind, tmp_path, caplog, private_tmp):
     leftovers = ("airlock-my-*.cnf", "airlock-pgpass-*")
-    before = {pattern: set(Path(tempfile.gettempdir()).glob(pattern)) for pattern in leftovers}
     good = new_database("airlock_it_secret") if kind == "mysql" else new_postgres_database("airlock_it_secret")
     try:
         params_class = MysqlParams if kind == "mysql" else PostgresParams
@@ -219,7 +249,7 @@ def test_errors_never_show_the_password(kind, tmp_path, caplog):
         written = b"".join(p.read_bytes() for p in store.path("b1").rglob("*") if p.is_file())
         assert TEST_PASSWORD not in str(error.value) + caplog.text
         assert TEST_PASSWORD.encode() not in written
-        assert {p: set(Path(tempfile.gettempdir()).glob(p)) for p in leftovers} == before
+        assert [path for pattern in leftovers for path in private_tmp.glob(pattern)] == []  # no credentials file left
     finally:
         good.drop()
 
@@ -361,3 +391,16 @@ def test_a_manifest_naming_files_outside_its_set_is_refused(tmp_path):
 def test_charset_from_a_manifest_is_checked_before_it_reaches_sql(charset):
     with pytest.raises(DatabaseError, match="refusing to put it into SQL"):
         charset_clause({"charset": charset or "x" * 65, "collation": "utf8mb4_general_ci"})
+
+
+def test_a_table_whose_old_columns_all_went_is_named_not_a_crash():
+    """A migration that renames every column of a table (or drops the table) leaves nothing to
+    checksum: the table is named, unless the vendor rewrites it by design."""
+    before_columns = {"runs": ["id", "name"], "tags": ["key", "value"], "alembic_version": ["version_num"]}
+    before = {"runs": {"rows": 3, "checksum": "a"}, "tags": {"rows": 2, "checksum": "b"},
+              "alembic_version": {"rows": 1, "checksum": "c"}}
+    now_columns = {"runs": ["run_id", "run_name"], "alembic_version": ["version_num"]}
+    assert shared_columns(before_columns, now_columns) == {}
+    assert migration_losses(before, before_columns, {}, now_columns) == [
+        "table runs (3 rows) lost all its columns (id, name)", "table tags (2 rows) is gone"]
+    assert migration_losses(before, before_columns, {}, now_columns, rewritten=("runs", "tags")) == []

@@ -123,6 +123,24 @@ TARGETS_CASES = [
     ("server args not a list", setting("environments.staging.driver.args", "--app-name basic-auth"),
      "environments.staging.driver.args", "must be a list"),
     ("queue with a space", setting("queue", "servers a"), "queue", "is not a queue name"),
+    ("pool name with a space", setting("production_pool", "mlflow pool"), "production_pool", "does not match"),
+    ("team nobody can reach", setting("teams", {"members": {"churn": {"notify": {}}}}), "teams.members.churn.notify",
+     "names no channel"),
+    ("team name with a space", setting("teams", {"members": {"churn team": {"notify": {}}}}),
+     "teams.members.churn team", "is not a team name"),
+    ("notice of a year", setting("teams", {"notice_hours": 8760}), "teams.notice_hours", "between"),
+    ("breaking note without a version", setting("release_notes", [{"note": "x"}]), "release_notes[0].version",
+     "is required"),
+    ("relative artifact root", setting("environments.production.artifacts", {"location": "mlartifacts"}),
+     "environments.production.artifacts.location", "must be an absolute path or an s3:// URL"),
+    ("artifact bucket URL without a bucket", setting("environments.production.artifacts", {"location": "s3://"}),
+     "environments.production.artifacts.location", "is not an s3://bucket/prefix URL"),
+    ("AWS connection for a local artifact root", setting("environments.production.artifacts", {
+        "location": "/srv/mlartifacts", "aws_conn_id": "aws_default"}),
+     "environments.production.artifacts.aws_conn_id", "only for an s3:// location"),
+    ("artifacts with an unknown key", setting("environments.production.artifacts", {
+        "location": "/srv/mlartifacts", "copy": "never"}), "environments.production.artifacts.copy",
+     "unknown setting"),
     ("bad DAG id to pause", setting("environments.staging.pause_dags", ["training dag"]),
      "environments.staging.pause_dags[0]", "is not a DAG id"),
     ("missing production", setting("environments.production", None, remove=True), "environments.production",
@@ -168,6 +186,12 @@ HELM_CASES = [
     ("blue-green url with a bad port", *helm_case(
         {"method": "blue-green", "release_urls": {"mlflow": "http://a:70000", "mlflow-green": "http://b:1"}},
         "environments.production.driver.helm.release_urls.mlflow", "no valid port")),
+    ("unknown migration kind", *helm_case({"migration": "init-container"},
+                                          "environments.production.driver.helm.migration", "one of job, hook")),
+    ("migration hook with blue-green", *helm_case(
+        {"migration": "hook", "method": "blue-green",
+         "release_urls": {"mlflow": "http://a:5000", "mlflow-green": "http://b:5000"}},
+        "environments.production.driver.helm.migration", "method: rolling only")),
 ]
 
 
@@ -269,7 +293,7 @@ def report_for(path: Path) -> dict:
 
     class Target:  # what client_compatibility reads of a target
         name = "team_ml"
-        compatibility = CompatibilityConfig(client_files=[str(path)], on_incompatible="warn")
+        compatibility = CompatibilityConfig(client_files=[str(path)], on_incompatible="warn", resolve=False)
 
     report = client_compatibility(Target(), MlflowAdapter("http://unused"), {"from": "2.16.2", "to": "3.17.2"})
     [verdict] = report["files"]

@@ -64,7 +64,8 @@ def plan(old: str, new: str) -> dict:
 
 def target_with(files: list[str], on_incompatible: str):
     return dataclasses.replace(load_targets()["mlflow_demo"],
-                               compatibility=CompatibilityConfig(files, on_incompatible, recent_artifacts=0))
+                               compatibility=CompatibilityConfig(files, on_incompatible, recent_artifacts=0,
+                                                                 resolve=False))  # pins only: see test_resolution
 
 
 def test_mlflow_report_names_each_file_and_its_verdict(team_files):
@@ -131,3 +132,53 @@ def test_a_broken_requirement_line_is_reported_with_file_and_line(tmp_path):
     broken = write(tmp_path / "requirements.txt", "numpy==2.1.0\nmlflow[extras==3.0\n")
     with pytest.raises(ClientFileError, match=r"requirements\.txt:2: not a requirement"):
         read_pins(broken, "mlflow")
+
+
+WORKSPACE = """\
+load("@bazel_tools//tools/build_defs/repo:git.bzl", "git_repository")
+
+git_repository(
+    name = "rules_sematic",
+    remote = "https://github.com/sematic-ai/sematic.git",
+    strip_prefix = "bazel",
+    {ref},  # the Sematic guide: should match the pip package
+)
+
+load("@rules_sematic//:pipeline.bzl", "base_images")
+base_images()
+"""
+
+
+def checkout(root, name: str, pip: str | None, bazel_file: str, bazel: str) -> tuple[str, str | None]:
+    (root / name / ".git").mkdir(parents=True)
+    return (write(root / name / bazel_file, bazel),
+            write(root / name / "requirements.txt", f"sematic=={pip}\n") if pip else None)
+
+
+def test_sematic_bazel_rules_are_judged_like_a_pin_and_against_the_pip_package(tmp_path):
+    """Sematic's guide: "pip packages and the bazel integration should always be kept in sync"."""
+    synced = checkout(tmp_path, "vision", "0.41.0", "WORKSPACE", WORKSPACE.format(ref='tag = "v0.41.0"'))
+    behind = checkout(tmp_path, "nlp", "0.41.0", "WORKSPACE", WORKSPACE.format(ref='tag = "v0.39.1"'))
+    too_old = checkout(tmp_path, "speech", None, "WORKSPACE", WORKSPACE.format(ref='tag = "v0.29.5"'))
+    branch = checkout(tmp_path, "ads", None, "WORKSPACE", WORKSPACE.format(ref='branch = "main"'))
+    modules = checkout(tmp_path, "ranking", "0.41.0", "MODULE.bazel", """\
+        bazel_dep(name = "rules_sematic", version = "0.41.0")
+        git_override(module_name = "rules_sematic", remote = "https://github.com/sematic-ai/sematic.git",
+                     tag = "v0.41.0", strip_prefix = "bazel")
+        """)
+    files = [file for pair in (synced, behind, too_old, branch, modules) for file in pair if file]
+    report = client_compatibility(target_with(files, "warn"), SematicAdapter("http://127.0.0.1:1"),
+                                  plan("0.39.1", "0.41.0"))
+    verdicts = {entry["file"]: (entry["status"], entry["version"]) for entry in report["files"]}
+    assert verdicts[synced[0]] == ("compatible", "0.41.0")
+    assert verdicts[behind[0]] == ("compatible", "0.39.1")  # inside the server's window, but…
+    assert verdicts[too_old[0]][0] == "incompatible"  # older than 0.41.0's minimum client 0.30.0
+    assert verdicts[branch[0]][0] == "unpinned"  # a branch moves: not a release
+    assert verdicts[modules[0]] == ("compatible", "0.41.0")
+    assert report["out_of_sync"] == [
+        f"{behind[0]}: tag = 'v0.39.1' (line 3 git_repository(rules_sematic)) is 0.39.1, but {behind[1]} pins "
+        "0.41.0: keep the Bazel rules and the pip package on the same release"]
+    assert report["incompatible"] == 2  # the tag below the window, and the one out of sync
+    with pytest.raises(UpgradeError, match=r"2 client file\(s\) do not work with sematic 0.41.0"):
+        client_compatibility(target_with(files, "fail"), SematicAdapter("http://127.0.0.1:1"),
+                             plan("0.39.1", "0.41.0"))

@@ -204,3 +204,98 @@ def test_a_servers_secret_env_comes_from_its_connection_and_a_missing_one_is_nam
     assert command.secret_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "k-9d3"
     assert command.argv[-2:] == ["--app-name", "basic-auth"] and "k-9d3" not in " ".join(command.argv)
     assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in command.describe()["secret_env_names"]
+
+
+OPERATIONS = """
+    schedule: {cron: '0 3 * * 1', timezone: Europe/Berlin}
+    auto_upgrade: patch
+    auto_approve: patch
+    releases: {file: /srv/airlock/mlflow-releases.txt}
+    drain: {"""
+WINDOWS = """database: mlflow}
+        maintenance:
+          expected_minutes: 45
+          windows:
+            - {days: [sat, sun], start: '22:00', end: '04:00', timezone: Europe/Berlin}
+            - {days: [wed], start: '12:00', end: '13:00', timezone: UTC}"""
+
+
+def test_schedule_windows_and_release_source_load(tmp_path):
+    target = load_target("team_a", write(tmp_path, GOOD.replace("\n    drain: {", OPERATIONS)
+                                         .replace("database: mlflow}", WINDOWS)))
+    assert (target.schedule.cron, target.schedule.timezone, target.schedule.auto_upgrade) == (
+        "0 3 * * 1", "Europe/Berlin", "patch")
+    assert target.auto_approve == "patch"
+    assert target.releases.describe() == "file /srv/airlock/mlflow-releases.txt"
+    maintenance = target.environment("production").maintenance
+    assert maintenance.expected_minutes == 45
+    assert [w.describe() for w in maintenance.windows] == ["sat,sun 22:00-04:00 Europe/Berlin",
+                                                           "wed 12:00-13:00 UTC"]
+    assert target.environment("staging").maintenance is None
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("'0 3 * * 1'", "'0 3 * *'"), "schedule.cron: '0 3 * *' is not a valid cron expression"),
+    (("timezone: Europe/Berlin}\n    auto", "timezone: Mars/Olympus}\n    auto"),
+     "schedule.timezone: 'Mars/Olympus' is not a time zone name"),
+    (("    auto_upgrade: patch\n", ""), "schedule: needs auto_upgrade: patch beside it"),
+    (("auto_upgrade: patch", "auto_upgrade: minor"), "auto_upgrade: must be one of patch (got 'minor')"),
+    (("auto_approve: patch", "auto_approve: always"), "auto_approve: must be one of none, patch"),
+    (("{file: /srv/airlock/mlflow-releases.txt}", "{file: releases.txt}"), "releases.file: must be an absolute path"),
+    (("{file: /srv/airlock/mlflow-releases.txt}", "{file: /r.txt, url: 'http://x:80/r'}"),
+     "releases: names either a file or a url, not both"),
+    (("[sat, sun]", "[sat, sunday]"), "maintenance.windows[0].days: 'sunday' is not a day (mon, tue,"),
+    (("start: '22:00'", "start: '10pm'"), "maintenance.windows[0].start: '10pm' is not a time of day HH:MM"),
+    (("timezone: UTC}", "timezone: CEST}"), "maintenance.windows[1].timezone: 'CEST' is not a time zone name"),
+    (("expected_minutes: 45", "expected_minutes: 0"), "maintenance.expected_minutes: must be between 1 and"),
+    (("end: '13:00', timezone: UTC", "end: '13:00', timezone: UTC, note: x"),
+     "maintenance.windows[1].note: unknown setting"),
+])
+def test_schedule_and_window_mistakes_are_named(tmp_path, change, expected):
+    text = GOOD.replace("\n    drain: {", OPERATIONS).replace("database: mlflow}", WINDOWS).replace(*change)
+    with pytest.raises(ConfigError) as error:
+        load_targets(write(tmp_path, text))
+    assert expected in str(error.value)
+
+
+def test_auto_upgrade_without_a_schedule_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="auto_upgrade: needs a schedule"):
+        load_targets(write(tmp_path, GOOD.replace("\n    drain: {", "\n    auto_upgrade: patch\n    drain: {")))
+
+
+@pytest.mark.parametrize(("notify", "expected"), [
+    ("{email: {conn_id: smtp, to: [not-an-address]}}", "notify.email.to[0]: 'not-an-address' is not an e-mail"),
+    ("{email: {conn_id: smtp}}", "notify.email.to: is required"),
+    ("{webhook: {url: 'https://hooks.example.com/x'}}", "notify.webhook.conn_id: is required"),
+    ("{webhook: {conn_id: hook}, events: [failed, paged]}", "notify.events[1]: 'paged' is not an event"),
+])
+def test_notification_mistakes_are_named(tmp_path, notify, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_targets(write(tmp_path, with_notify(notify)))
+
+
+def with_notify(notify: str) -> str:
+    return GOOD.replace("\n    drain: {", f"\n    notify: {notify}\n    drain: {{")
+
+
+def test_notifications_load(tmp_path):
+    target = load_target("team_a", write(tmp_path, with_notify(
+        "{email: {conn_id: smtp, to: [a@example.com]}, webhook: {conn_id: hook}, events: [failed]}")))
+    notify = target.notify
+    assert (notify.email_conn_id, notify.to, notify.webhook_conn_id) == ("smtp", ("a@example.com",), "hook")
+    assert notify.wants("failed") and not notify.wants("finished")
+    assert not load_target("team_a", write(tmp_path, GOOD)).notify.wants("failed")  # no channel: nobody told
+
+
+@pytest.mark.parametrize(("fleet", "expected"), [
+    ("{targets: [team_a, team_z]}", "fleets.f.targets[1]: 'team_z' is not a target of this file (have: team_a)"),
+    ("{targets: [team_a, team_a]}", "fleets.f.targets[1]: 'team_a' is listed twice"),
+    ("{targets: []}", "fleets.f.targets: is required"),
+    ("{targets: [team_a], wave_size: 0}", "fleets.f.wave_size: must be between 1 and 1000"),
+])
+def test_fleet_mistakes_are_named(tmp_path, fleet, expected):
+    from airlock.config import load_fleets
+
+    with pytest.raises(ConfigError) as error:
+        load_fleets(write(tmp_path, GOOD + f"fleets:\n  f: {fleet}\n"))
+    assert expected in str(error.value)

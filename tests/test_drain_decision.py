@@ -47,6 +47,7 @@ TEAM_DAG = "team_training"
 PAUSED_BY_ITS_TEAM = "team_backfill"
 API_CONN = "airlock_test_airflow_api"
 CONF = {"target_version": NEW, "watch_seconds": 3, "drain_timeout_minutes": 0.1}
+RUNS_FAIL_NOTE = "In-progress runs fail when the server is upgraded (the platform team's own note)."
 
 
 
@@ -115,6 +116,8 @@ def world(tmp_path_factory, mlflow_venvs, airflow_api):
                                        "airflow_api_conn_id": API_CONN}}}
     scenarios = {name: make_scenario(name, root, port, port + 1, **settings)
                  for name, port in (("drain_abort", 5130), ("drain_wait", 5132), ("drain_proceed", 5134))}
+    scenarios["drain_notes"] = make_scenario("drain_notes", root, 5136, 5137, environment_settings={}, settings={
+        **settings["settings"], "release_notes": [{"version": NEW, "note": RUNS_FAIL_NOTE, "runs_fail": True}]})
     targets_file = root / "targets.yaml"
     write_targets(targets_file, list(scenarios.values()))
     api_port = int(airflow_api.rsplit(":", 1)[1])
@@ -125,8 +128,7 @@ def world(tmp_path_factory, mlflow_venvs, airflow_api):
             {"conn_type": "http", "host": "127.0.0.1", "port": api_port, "login": "admin",
              "password": PLANTED["airflow_api"]}))
         yield scenarios, targets_file
-        for scenario in scenarios.values():
-            stop_all(scenario)
+        stop_all(*scenarios.values())
 
 
 def watch_pause(dag_id: str, task_id: str) -> list[bool]:
@@ -229,3 +231,27 @@ def test_proceed_anyway_names_the_interrupted_run_and_upgrades(world):
     assert team_dag_paused() is False
     assert team_dag_paused(PAUSED_BY_ITS_TEAM) is True  # its team paused it: Airlock leaves it paused
     assert last_record(s)["outcome"] == "rejected"
+
+
+def test_a_hop_whose_notes_say_runs_fail_cannot_proceed_past_running_runs(world):
+    """The target's breaking note (runs_fail) for the release crossed: the drain decision offers
+    only Wait longer and Abort, says why, and the API refuses Proceed anyway."""
+    scenarios, targets_file = world
+    s = scenarios["drain_notes"]
+    start_and_seed(s)
+    training = start_training_run(s)
+    before = fingerprints(s)
+
+    run, gates = run_upgrade("airlock_upgrade__drain_notes", targets_file, CONF, answer=None,
+                             answers={"staging_upgrade.drain_decision": ["Proceed anyway", "Abort"]})
+
+    assert gates.options["staging_upgrade.drain_decision"] == ["Wait longer", "Abort"]
+    (refused, refused_status), taken = gates.tried["staging_upgrade.drain_decision"]
+    assert (refused, taken) == ("Proceed anyway", ("Abort", 200)) and refused_status >= 400
+    body = gates.bodies["staging_upgrade.drain_decision"]
+    assert f"**Proceed anyway is not offered** for this hop: {NEW}: in-progress runs fail" in body
+    plan = xcom(run, "preflight.plan")["release_notes"]
+    assert plan["breaking"][-1]["note"] == RUNS_FAIL_NOTE and plan["drain_required"].startswith(f"{NEW}: ")
+    assert task_states(run)["staging_upgrade.proceed"] == "skipped"
+    assert run_status(s, training) == "RUNNING"  # nobody's run was cut short
+    assert served(s, "staging") == served(s, "production") == OLD and fingerprints(s) == before

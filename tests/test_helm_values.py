@@ -1,10 +1,15 @@
-"""Helm values as Airlock builds them, and what of a release goes into a backup set."""
+"""Helm values as Airlock builds them, what of a release goes into a backup set, and Helm processes
+that hang or answer nonsense."""
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 import yaml
+from airlock import helm
 from airlock.drivers.helm import manifest_without_secrets
-from airlock.helm import HelmRelease, release_values
+from airlock.helm import HelmError, HelmRelease, release_values, run_helm, sdk_answer
 from airlock.redaction import redact_structure
 
 
@@ -45,3 +50,28 @@ def test_migration_jobs_are_named_per_attempt_within_kubernetes_limits():
     assert migration_job_name("mlflow-migrate", "3.17.2", 2) != migration_job_name("mlflow-migrate", "3.17.2", 1)
     long = migration_job_name("a-very-long-chart-generated-migration-job-name-for-mlflow-db", "3.17.2", 12)
     assert len(long) <= 63 and long.endswith("-3-17-2-a12") and "--" not in long
+
+
+def test_a_helm_process_past_its_time_limit_is_stopped_with_what_to_check(monkeypatch):
+    monkeypatch.setattr(helm, "HELM_GRACE_SECONDS", 0)
+    release = HelmRelease("mlflow", "ml", "/charts/mlflow", timeout_seconds=1)
+    with pytest.raises(HelmError) as hung:
+        run_helm(["sleep", "30"], "helm upgrade of release mlflow in ml", release)
+    message = str(hung.value)
+    assert message.startswith("helm upgrade of release mlflow in ml: no answer within 1 s"), message
+    assert "helm history mlflow -n ml" in message
+
+
+@pytest.mark.parametrize(("stdout", "exit_code", "says"), [
+    ("W1126 client-go warning: deprecated API\n", 0, "answered no JSON: 'W1126 client-go warning"),
+    ("", 0, "exited 0: boom"),
+    ('{"result": 1}\n', 2, "exited 2: boom"),
+])
+def test_an_sdk_answer_that_is_not_one_is_an_error_not_a_crash(stdout, exit_code, says):
+    answer = sdk_answer(subprocess.CompletedProcess([], exit_code, stdout, "boom"))
+    assert says in answer["error"]
+
+
+def test_the_sdk_answer_is_its_last_line():
+    assert sdk_answer(subprocess.CompletedProcess([], 0, 'walking chart\n{"result": [1, 2]}\n', "")) == {
+        "result": [1, 2]}

@@ -5,10 +5,8 @@ polls, and the file is gone when the process ends."""
 from __future__ import annotations
 
 import json
-import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,6 @@ import yaml
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
-
-
-def kubeconfig_files() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("airlock-kubeconfig-*"))
 
 
 @pytest.fixture
@@ -30,19 +24,18 @@ def inline_connection(kube_api, monkeypatch):
     return kube_api.token
 
 
-def test_polls_with_an_inline_kubeconfig_write_no_file(inline_connection):
+def test_polls_with_an_inline_kubeconfig_write_no_file(inline_connection, private_tmp):
     from airlock.drivers.helm import rollout_check
     from airlock.kube import KubeError, kube_for
 
-    before = kubeconfig_files()
     assert kube_for("k8s_inline").pod_labels("default", "no-such-deployment") is None  # reached, authorised
     for _ in range(5):  # as the triggerer polls a rollout
         with pytest.raises(KubeError, match="HTTP 404"):
             rollout_check("k8s_inline", "default", "no-such-deployment", "3.17.2")
-    assert kubeconfig_files() == before
+    assert list(private_tmp.glob("airlock-kubeconfig-*")) == []
 
 
-def test_helms_kubeconfig_file_is_private_written_once_and_removed_at_exit(inline_connection, tmp_path):
+def test_helms_kubeconfig_file_is_private_written_once_and_removed_at_exit(inline_connection, private_tmp):
     """In a process of its own, as a task or the triggerer is."""
     script = ("import json, os, stat, sys; from airlock.kube import kubeconfig_for; "
               "paths = {kubeconfig_for('k8s_inline') for _ in range(5)}; path = paths.pop(); "
@@ -55,4 +48,4 @@ def test_helms_kubeconfig_file_is_private_written_once_and_removed_at_exit(inlin
     assert found["count"] == 1
     assert (found["file"], found["dir"]) == (0o600, 0o700)
     assert not Path(found["path"]).exists() and not Path(found["path"]).parent.exists()
-    assert stat.S_IMODE(Path(tempfile.gettempdir()).stat().st_mode) & 0o002  # /tmp itself is shared: hence 0700
+    assert Path(found["path"]).parent.parent == private_tmp  # in TMPDIR, which on a worker is the shared /tmp

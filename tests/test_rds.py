@@ -18,6 +18,7 @@ from airlock.environment import open_environment
 from airlock.operators import RdsSnapshotSensor
 from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
 from airlock.triggers import CheckFailed, PollTrigger
+from airlock.waits import run_waits
 from services import new_database
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,7 @@ def test_rollback_restores_the_snapshot_under_the_original_name(rds_client, rds_
     marker = env.store.in_progress()
     env.store.mark_in_progress({**marker, "migration_started": True})  # no dump backup: RDS path only
 
-    result = steps.rollback(env, RUN)
+    result = run_waits(steps.rollback(env, RUN))
 
     assert result["rolled_back"] and result["fingerprint_equal"] and result["version"] == "2.16.2"
     assert result["restored"]["from_snapshot"] == snapshot
@@ -142,12 +143,12 @@ def test_a_restored_instance_keeps_the_originals_network_parameters_and_tags(rds
         MasterUserPassword="not-used-here", AllocatedStorage=50, DBSubnetGroupName="ml-private",
         VpcSecurityGroupIds=[group], DBParameterGroupName="mlflow-params", MultiAZ=True,
         PubliclyAccessible=False, Tags=[{"Key": "team", "Value": "ml-platform"}, {"Key": "cost", "Value": "42"}])
-    snapshots = RdsSnapshots(rds_client, long_id)
+    snapshots = RdsSnapshots(rds_client, long_id, aws_conn_id)
     names = set()
     for run in ("scheduled__2026-11-23T10:00:00+00:00", "scheduled__2026-11-23T10:00:00+00:01"):
         snapshot = snapshot_id_for(long_id, run)
         snapshots.create_snapshot(snapshot, {"airlock:run_id": run})
-        result = snapshots.restore_and_swap(snapshot, run, interval=0.1)
+        result = run_waits(snapshots.restore_and_swap(snapshot, run, interval=0.1))
         names.add(result["migrated_instance_kept_as"])
         swapped = snapshots.instance(long_id)
         assert swapped["DBInstanceClass"] == "db.r6g.large"

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from airlock import steps
-from harness import NEW, OLD, log_a_run, make_scenario, seed, write_targets
-from services import connection_uri_for_airflow
+from airlock.waits import run_waits
+from harness import NEW, OLD, log_a_run, make_scenario, seeded_production
 
 pytestmark = pytest.mark.integration
 RUN = "manual__rerun"
@@ -19,28 +20,18 @@ PLAN = {"from": OLD, "to": NEW, "production": {"change": "major", "current": OLD
 
 @pytest.fixture
 def production(tmp_path, mlflow_venvs, monkeypatch):
-    scenario = make_scenario("rerun", tmp_path, 5220, 5221)
-    targets = tmp_path / "targets.yaml"
-    write_targets(targets, [scenario])
-    monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(targets))
-    monkeypatch.setenv("AIRFLOW_CONN_AIRLOCK_IT_MYSQL", connection_uri_for_airflow())
-    env = scenario.env("production")
-    env.driver.start(OLD)
-    seed(scenario, "production")
-    yield env
-    env.driver.stop()
-    for db in scenario.databases.values():
-        db.drop()
+    with seeded_production(make_scenario("rerun", tmp_path, 5220, 5221), monkeypatch) as env:
+        yield env
 
 
 def upgrade_then_roll_back(env) -> dict:
     """stop → final backup → migrate → start the new version → roll back (what a failed run does)."""
-    steps.freeze(env, RUN, PLAN)
+    run_waits(steps.freeze(env, RUN, PLAN))
     final = steps.final_backup(env, RUN)
     steps.migrate(env, RUN)
-    steps.start(env, RUN)
+    run_waits(steps.start(env, RUN))
     assert env.adapter.server_version() == NEW
-    rolled_back = steps.rollback(env, RUN)
+    rolled_back = run_waits(steps.rollback(env, RUN))
     assert rolled_back["version"] == OLD and env.adapter.server_version() == OLD
     return final
 
@@ -62,6 +53,33 @@ def test_a_rerun_after_a_rollback_backs_up_again_and_loses_nothing_written_in_be
     assert written
 
 
+def test_a_rollback_run_again_after_its_wait_restores_once_and_keeps_its_first_post_upgrade_set(production):
+    """In the DAG a rollback defers while the old version comes up, and runs again from its start when
+    the wait ends. That second run must not restore the database again (what was written since would
+    be lost), nor take the post-upgrade set again from a database already restored."""
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    run_waits(steps.freeze(env, RUN, PLAN))
+    steps.final_backup(env, RUN)
+    steps.migrate(env, RUN)
+    run_waits(steps.start(env, RUN))
+    log_a_run(env.config.url)  # written on the new version: the post-upgrade set keeps it
+    first_try = steps.rollback(env, RUN)
+    wait = next(first_try)  # database restored, the old version starting: here the task defers
+    first_try.close()
+    assert wait.check == "airlock.triggers:serving_check" and OLD in wait.what
+    kept = env.store.in_progress()["post_upgrade"]
+    assert kept["written_since_upgrade"]
+    with env.database.connect() as conn:
+        conn.cursor().execute("CREATE TABLE airlock_written_after_the_restore (id INT)")
+
+    rolled_back = run_waits(steps.rollback(env, RUN))
+
+    assert "airlock_written_after_the_restore" in env.database.table_stats()  # not restored a second time
+    assert rolled_back["post_upgrade_backup"] == kept and rolled_back["version"] == OLD
+    assert rolled_back["fingerprint_equal"] is True and env.store.in_progress() is None
+
+
 def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production):
     """A client writes after the fingerprint was read and before the server stopped (after "Proceed
     anyway", a UI user, a client retrying): the final backup holds that write, so Airlock takes the
@@ -70,22 +88,22 @@ def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production
     steps.backup(env, steps.PREPARE, RUN, OLD)
     real_stop, written = env.driver.stop, []
 
-    def write_then_stop():
+    def write_then_stop(state=None):
         if not written:
             written.append(log_a_run(env.config.url))
-        return real_stop()
+        return real_stop(state)
 
     env.driver.stop = write_then_stop
-    steps.freeze(env, RUN, PLAN)
+    run_waits(steps.freeze(env, RUN, PLAN))
     final = steps.final_backup(env, RUN)
     assert written and final["fingerprint_describes_backup"]
     marker = env.store.in_progress()
     assert marker["fingerprint_tables"] == steps.read_manifest(env.store, final["backup_id"]).tables
     steps.migrate(env, RUN)
-    steps.start(env, RUN)
+    run_waits(steps.start(env, RUN))
     assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
     assert env.adapter.fingerprint().counts["runs"] == marker["fingerprint"]["counts"]["runs"]
-    assert steps.rollback(env, RUN)["fingerprint_equal"]
+    assert run_waits(steps.rollback(env, RUN))["fingerprint_equal"]
 
 
 def test_writes_that_never_stop_leave_the_old_version_serving_and_the_environment_free(production):
@@ -101,18 +119,18 @@ def test_writes_that_never_stop_leave_the_old_version_serving_and_the_environmen
         while not writing.is_set():  # as fast as a client can: every fingerprint read overlaps a write
             written.append(log_a_run(env.config.url))
 
-    def write_then_stop():
+    def write_then_stop(state=None):
         if not written:
             written.append(log_a_run(env.config.url))
-        return real_stop()
+        return real_stop(state)
 
     def restore_then_keep_writing(*args):
-        result = real_restore(*args)
+        result = yield from real_restore(*args)  # the old version answers again
         threading.Thread(target=keep_writing, daemon=True).start()
         return result
 
     env.driver.stop, env.driver.restore = write_then_stop, restore_then_keep_writing
-    steps.freeze(env, RUN, PLAN)
+    run_waits(steps.freeze(env, RUN, PLAN))
     try:
         with pytest.raises(steps.UpgradeError, match=r"2\.16\.2 was started again and serves; nothing was "
                                                      r"migrated, and this run let go of the environment"):
@@ -145,3 +163,53 @@ def test_a_migration_that_runs_past_its_bound_is_stopped_and_says_so(production)
         assert time.monotonic() - started < 30
     finally:
         copy.drop()
+
+
+def test_a_start_that_never_answers_in_the_dag_is_stopped_and_its_log_ends_the_error(production):
+    """In the DAG a start's wait runs in the triggerer; when it times out the task resumes on the
+    worker, which stops the server that never answered and ends the error with its log's last lines
+    (what on-call reads first), as a start outside the DAG does."""
+    import dataclasses
+    from dataclasses import replace
+
+    from airlock.drivers.process import ProcessDriver
+    from airlock.operators import StepOperator
+    from airlock.waits import WaitFailed
+
+    env = production
+    env.driver.stop()
+    slow = ProcessDriver(replace(env.config, driver=replace(env.config.driver, start_timeout_seconds=1)),
+                         env.adapter, env.database)
+    launch = slow.launch(NEW)
+    wait = next(launch)  # spawned; the task would defer here, and the trigger times out
+    pid = slow.running_pid()
+    assert pid, "the new version's server was not started"
+    task = StepOperator(task_id="start", call=lambda: None)
+    with pytest.raises(WaitFailed) as failed:
+        task.execute({}, event={"status": "timeout", "polls": 2}, started="2026-11-27T00:00:00Z",
+                     wait=dataclasses.asdict(wait))
+    message = str(failed.value)
+    assert message.startswith(f"production: mlflow {NEW} answering at ")
+    assert "not within 1 s" in message
+    assert f"The server was stopped (SIGTERM to its process group {pid})" in message
+    assert f"--- last lines of {slow.log_file} ---" in message
+    deadline = time.monotonic() + 30
+    while (slow.running_pid() or in_group(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert slow.running_pid() is None, "the server that never answered is still running"
+    assert not in_group(pid), f"processes the server spawned (e.g. gunicorn's workers) outlived it: {in_group(pid)}"
+
+
+def in_group(pgid: int) -> list[int]:
+    """The live processes of a process group (zombies, which hold nothing, left out)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return members

@@ -1,5 +1,6 @@
-"""Backups in S3 (a moto server, reached through an Airflow AWS connection and S3Hook): streamed
-round trips, encryption and tags, a failure in the middle of an upload, corruption, retention."""
+"""Backups in S3 (a moto server, reached through an Airflow AWS connection and S3Hook): round trips
+(streamed, or mydumper's files uploaded and downloaded side by side), encryption and tags, a failure
+in the middle of an upload, corruption, retention."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def s3_store(client, prefix: str, **options) -> S3BackupStore:
     return S3BackupStore(client, f"s3://{BUCKET}/{prefix}", "t", "production", **options)
 
 
-@pytest.fixture(params=["sqlite", "mysqldump", "postgresql"])
+@pytest.fixture(params=["sqlite", "mydumper", "mysqldump", "postgresql"])
 def db(request, tmp_path):
     database = filled_database(request.param, tmp_path, "airlock_it_s3")
     yield database
@@ -61,6 +62,9 @@ def test_streamed_round_trip_encrypted_and_tagged(db, s3_client, request):
     assert rows_of(db) == before
     assert "added_by_migration" not in db.table_stats()
     assert store.backups() == ["b1"]
+    if getattr(db, "tool", None) == "mydumper":  # dumped in parallel into files, uploaded side by side
+        assert manifest.facts["tool"] == "mydumper"
+        assert len([name for name in manifest.files if name.startswith("mydumper/")]) > 3
     for name in [*manifest.files, MANIFEST]:
         key = store.key("b1", name)
         assert s3_client.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
@@ -104,16 +108,23 @@ def test_s3_failing_in_the_middle_of_an_upload_leaves_no_usable_backup(s3_client
         db.drop()
 
 
-def test_corrupted_object_fails_verification_naming_the_file(s3_client, tmp_path):
-    database = SqliteDatabase(tmp_path / "mlflow.db")
-    with closing(sqlite3.connect(database.path)) as conn:
-        fill(conn, "sqlite")
-    store = s3_store(s3_client, "corrupt")
-    manifest = take_backup(database, store, "b1", META)
-    name = next(iter(manifest.files))
-    s3_client.put_object(Bucket=BUCKET, Key=store.key("b1", name), Body=b"not what was backed up")
-    with pytest.raises(BackupError, match=f"file {name} is corrupted"):
-        verify_backup(database, store, "b1")
+def test_a_corrupted_object_fails_verification_and_restore_naming_the_file(db, s3_client, request):
+    """Each file is checked, whether the load streams it or (mydumper's) downloads it first."""
+    store = s3_store(s3_client, f"corrupt-{request.node.callspec.id}")
+    before = rows_of(db)
+    for backup_id in ("b1", "b2"):
+        take_backup(db, store, backup_id, META)
+    verify_backup(db, store, "b2")
+    for backup_id in ("b1", "b2"):
+        name = sorted(read_manifest(store, backup_id).files)[-1]
+        s3_client.put_object(Bucket=BUCKET, Key=store.key(backup_id, name), Body=b"not what was backed up")
+    with pytest.raises(BackupError, match=r"backup b1: file .* is corrupted"):
+        verify_backup(db, store, "b1")
+    execute(db, "DELETE FROM metrics WHERE id > 100")
+    changed = rows_of(db)
+    with pytest.raises(BackupError, match=r"backup b2: file .* is corrupted"):
+        restore_backup(db, store, "b2")
+    assert rows_of(db) == changed != before  # the live database was not touched
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

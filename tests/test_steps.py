@@ -12,6 +12,7 @@ from airlock.drivers.process import DriverError
 from airlock.environment import open_environment
 from airlock.steps import UpgradeError, final_backup, freeze, validate
 from airlock.versions import PlanError
+from airlock.waits import run_waits
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_a_server_is_never_stopped_without_a_verified_backup(demo):
     _, envs = demo
     plan = {"staging": {"change": "major", "current": "2.16.2", "target": "3.17.2"}}
     with pytest.raises(UpgradeError, match=f"its backup {backup_id_for('staging', 'prepare', 'r1')} is not verified"):
-        freeze(envs[0], "r1", plan)
+        run_waits(freeze(envs[0], "r1", plan))
     assert envs[0].store.in_progress() is None
 
 

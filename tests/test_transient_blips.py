@@ -13,6 +13,7 @@ from airlock import upgrade_log
 from harness import (
     CONN_ID,
     NEW,
+    WATCHING_STATES,
     make_scenario,
     run_upgrade,
     served,
@@ -57,7 +58,7 @@ def test_decide_rides_out_s3_resets_and_the_upgrade_finishes(world):
     def cut_s3_when_decide_comes():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not armed:
-            if task_state("airlock_upgrade__s3_blip", "production_upgrade.watch") == "running":
+            if task_state("airlock_upgrade__s3_blip", "production_upgrade.watch") in WATCHING_STATES:
                 proxy.arm(6)  # more than boto's own attempts at one call: a try of `decide` fails
                 armed.append(time.monotonic())
             time.sleep(0.2)

@@ -2,12 +2,13 @@
 
 The API server has no controllers and no kubelet: `ProcessKubelet` plays them, running the real
 MLflow version that each Deployment asks for on the environment's Service URL, and each migration
-Job's real migration against the environment's database.
+Job's real migration against the environment's database, in Pods whose logs the API server serves.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ from services import connection_uri_for_airflow
 pytestmark = pytest.mark.integration
 LEAST_PRIVILEGE_CONN_ID = "airlock_test_kube_least_privilege"
 LIVE_SERVICE = "mlflow-live"
+HOOK_JOB = "mlflow-db-migration"
+VENDOR_CONVENTIONS = {"migration": "hook", "migration_job": HOOK_JOB, "set": {
+    "dbMigration.hook": True, "config.enabled": True, "serviceAccount.create": True, "ingress.enabled": True,
+    "autoscaling.enabled": True}}
+"""What the vendors' charts do (tests/charts/mlflow-lite reproduces each): ZenML's migration hook
+Job, a ConfigMap, a ServiceAccount, an Ingress and an HPA (so the Deployment leaves `replicas` out)."""
 ROLE = Path(__file__).resolve().parents[1] / "include" / "airlock" / "kubernetes-role.yaml"
 
 
@@ -48,11 +55,13 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
 
     root = tmp_path_factory.mktemp("helm")
     scenarios = {name: make_scenario(name, root, port, port + 1, driver="helm", start_timeout_seconds=timeout,
-                                     kube_conn_id=conn)
-                 for name, port, timeout, conn in (("helm_happy", 5140, 120, KUBE_CONN_ID),
-                                                   ("helm_job_fails", 5142, 120, KUBE_CONN_ID),
-                                                   ("helm_never_ready", 5144, 25, KUBE_CONN_ID),
-                                                   ("helm_least_privilege", 5146, 120, LEAST_PRIVILEGE_CONN_ID))}
+                                     kube_conn_id=conn, helm_settings=dict.fromkeys(ENVS, settings))
+                 for name, port, timeout, conn, settings in (
+                     ("helm_happy", 5140, 120, KUBE_CONN_ID, {}),
+                     ("helm_job_fails", 5142, 120, KUBE_CONN_ID, {}),
+                     ("helm_never_ready", 5144, 25, KUBE_CONN_ID, {}),
+                     ("helm_least_privilege", 5146, 120, LEAST_PRIVILEGE_CONN_ID, VENDOR_CONVENTIONS),
+                     ("helm_hook_fails", 5160, 120, KUBE_CONN_ID, VENDOR_CONVENTIONS))}
     release_ports = {}
     for name, port in (("helm_blue_green", 5148), ("helm_switch_back", 5154)):
         release_ports[name] = {env: {"mlflow": port + 2 + i, "mlflow-green": port + 4 + i}
@@ -82,15 +91,14 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs, kube_api):
         for conn_id, kubeconfig in kubeconfigs.items():
             patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(
                 {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}))
-        kubelet = ProcessKubelet(str(kube_api.kubeconfig), {
+        kubelet = ProcessKubelet(kube_api, {
             s.namespace(env): s.env(env) for s in scenarios.values() for env in ENVS}, services={
             scenarios[name].namespace(env): ports for name, by_env in release_ports.items()
             for env, ports in by_env.items()})
         kubelet.start()
         yield scenarios, targets_file, kubelet, SdkHelm(str(kube_api.kubeconfig))
         kubelet.stop()
-        for scenario in scenarios.values():
-            stop_all(scenario)
+        stop_all(*scenarios.values())
 
 
 def bind_airlock_role(rbac, namespaces: list[str]) -> None:
@@ -127,9 +135,18 @@ def upgrade_succeeds(world, name: str):
     return s, run
 
 
+def assert_migration_log(text: str) -> None:
+    """The real migration's output, line by line, as the Job's Pod printed it."""
+    lines = text.splitlines()
+    assert lines[0] == f"process kubelet: migrating to {NEW} with ghcr.io/mlflow/mlflow:{NEW}", text
+    assert any(line.endswith("INFO mlflow.store.db.utils: Updating database tables") for line in lines), text
+
+
 def test_helm_upgrade_migrates_with_the_new_image_before_the_release_changes(world):
     _, _, kubelet, helm = world
-    s, _ = upgrade_succeeds(world, "helm_happy")
+    s, run = upgrade_succeeds(world, "helm_happy")
+    for env in ENVS:  # the Job's Pod log, through the API server's pods/log, in the task's result
+        assert_migration_log(xcom(run, f"{env}_upgrade.migration_job")["output_tail"])
     for env in ENVS:
         assert image_tags(helm, s, env) == [OLD, NEW]  # revision 2 is the upgrade
         namespace = s.namespace(env)
@@ -141,18 +158,25 @@ def test_helm_upgrade_migrates_with_the_new_image_before_the_release_changes(wor
     assert last_record(s)["outcome"] == "upgraded"
 
 
-def test_failed_migration_job_leaves_the_release_untouched_and_restores_the_database(world):
+def upgrade_whose_migration_fails(world, name: str):
+    """Install and seed the scenario, then upgrade it while every Job the kubelet runs fails; the
+    scenario, the run, and the fingerprints and staging's tables from before."""
     scenarios, targets_file, kubelet, helm = world
-    s = scenarios["helm_job_fails"]
+    s = scenarios[name]
     install_and_seed(s, helm)
-    before = fingerprints(s)
-    tables = s.databases["staging"].table_stats()
+    before, tables = fingerprints(s), s.databases["staging"].table_stats()
     kubelet.fail_jobs = True
     try:
-        run, _ = run_upgrade("airlock_upgrade__helm_job_fails", targets_file,
-                             {"target_version": NEW, "watch_seconds": 3}, answer=None)
+        run, _ = run_upgrade(f"airlock_upgrade__{name}", targets_file, {"target_version": NEW, "watch_seconds": 3},
+                             answer=None)
     finally:
         kubelet.fail_jobs = False
+    return s, run, before, tables
+
+
+def test_failed_migration_job_leaves_the_release_untouched_and_restores_the_database(world):
+    _, _, kubelet, helm = world
+    s, run, before, tables = upgrade_whose_migration_fails(world, "helm_job_fails")
 
     states = task_states(run)
     assert states["staging_upgrade.migration_job"] == "failed", states  # the deferrable wait saw the Job fail
@@ -190,7 +214,9 @@ def test_rollout_that_never_becomes_ready_rolls_back_release_and_database(world)
     assert fingerprints(s) == before
 
 
-def test_the_whole_upgrade_runs_with_only_the_documented_role(world, kube_api):
+def test_a_vendor_style_chart_upgrades_with_only_the_documented_role(world, kube_api):
+    """The chart has the vendors' conventions (VENDOR_CONVENTIONS): the hook migrates, the HPA is
+    held while the server is frozen, and the Role covers every object the chart creates."""
     from kubernetes import client, config
 
     deployer = client.CoreV1Api(config.new_client_from_config(
@@ -199,8 +225,48 @@ def test_the_whole_upgrade_runs_with_only_the_documented_role(world, kube_api):
         deployer.list_namespaced_secret("helm-happy-staging")
     assert denied.value.status == 403
 
-    s, _ = upgrade_succeeds(world, "helm_least_privilege")  # its connection holds only that token
+    s, run = upgrade_succeeds(world, "helm_least_privilege")  # its connection holds only that token
     assert image_tags(world[3], s, "production") == [OLD, NEW]
+    kubelet, admin = world[2], config.new_client_from_config(config_file=str(kube_api.kubeconfig))
+    apps, batch, autoscaling = client.AppsV1Api(admin), client.BatchV1Api(admin), client.AutoscalingV1Api(admin)
+    core, networking = client.CoreV1Api(admin), client.NetworkingV1Api(admin)
+    for env in ENVS:
+        namespace = s.namespace(env)
+        core.read_namespaced_config_map("mlflow-config", namespace)  # created by helm with the Role's token
+        core.read_namespaced_service_account("mlflow", namespace)
+        assert networking.read_namespaced_ingress("mlflow", namespace).spec.rules[0].host == "mlflow.example.test"
+        assert f"{env}_upgrade.migration_job" not in task_states(run)  # no Airlock Job: the chart's hook migrates
+        assert [(job["name"], job["image"]) for job in kubelet.jobs_seen if job["namespace"] == namespace] == [
+            (HOOK_JOB, f"ghcr.io/mlflow/mlflow:{OLD}"), (HOOK_JOB, f"ghcr.io/mlflow/mlflow:{NEW}")]
+        # the hook's logs are kept, though Helm deleted its Job
+        assert_migration_log(xcom(run, f"{env}_upgrade.start")["migration_hook"]["output_tail"])
+        assert batch.list_namespaced_job(namespace).items == []
+        assert xcom(run, f"{env}_upgrade.stop")["stop"]["autoscalers_held"] == ["mlflow"]
+        hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("mlflow", namespace)  # back, as charted
+        assert (hpa.spec.min_replicas, hpa.spec.max_replicas, hpa.spec.scale_target_ref.name) == (1, 3, "mlflow")
+        # held: the HPA the install made was removed at the stop, and this one was made after it
+        stop_started = datetime.fromisoformat(xcom(run, f"{env}_upgrade.stop")["_started_at"])
+        assert hpa.metadata.creation_timestamp >= stop_started.replace(microsecond=0), hpa.metadata
+        assert apps.read_namespaced_deployment("mlflow", namespace).spec.replicas == 1  # not left at zero
+
+
+def test_failed_migration_hook_leaves_the_old_revision_and_restores_the_database(world, capfd, caplog):
+    _, _, kubelet, helm = world
+    s, run, before, tables = upgrade_whose_migration_fails(world, "helm_hook_fails")
+
+    states = task_states(run)
+    assert states["staging_upgrade.start"] == "failed", states  # helm upgrade: the hook failed
+    assert states["staging_upgrade.rollback_staging"] == "success", (states, kubelet.errors)
+    tags = image_tags(helm, s, "staging")
+    assert tags[0] == OLD and tags[-1] == OLD, tags  # rolled back to the recorded revision
+    assert served(s, "staging") == OLD
+    assert s.databases["staging"].table_stats() == tables
+    assert fingerprints(s) == before
+    out, err = capfd.readouterr()
+    told = out + err + caplog.text
+    assert f"the chart's migration hook Job {s.namespace('staging')}/{HOOK_JOB} failed, so Helm left mlflow" in told
+    assert "failing this Job on demand" in told  # the hook's own log, in the message on-call reads
+    assert last_record(s)["outcome"] == "staging_failed"
 
 
 def live_release(scenario, env: str) -> str:

@@ -19,8 +19,10 @@ import pytest
 from airlock import steps
 from airlock.backups import apply_retention, is_verified, load_backup, read_manifest
 from airlock.drivers.process import port_open
+from airlock.waits import run_waits
 from harness import (
     CONN_ID,
+    MLFLOW_NO_IDLE_CONNECTIONS,
     NEW,
     OLD,
     crash_server_while,
@@ -37,7 +39,7 @@ from harness import (
     xcom,
 )
 from platform_logins import conn_id_for
-from services import TEST_PASSWORD, connection_uri_for_airflow
+from services import TEST_PASSWORD, connection_uri_for_airflow, scratch_copies_on_its_server
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,8 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs):
     logins = {"happy": "basic", "rejected": "token", "wrong_login": "basic"}
     scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i, auth=logins.get(name))
                  for i, name in enumerate(names)}
+    happy = scenarios["happy"]  # an MLflow 3 server as it starts by default: with its job runner's processes
+    scenarios["happy"] = replace(happy, platform=replace(happy.platform, server_env=MLFLOW_NO_IDLE_CONNECTIONS))
     # long enough for the crashed server to come back (MLflow 3 starts in 5-15 s here), as a pod would
     scenarios["pod_restart"].settings["watch"] = {"interval_seconds": 1, "consecutive_failures": 2,
                                                   "unhealthy_seconds": 90}
@@ -59,8 +63,7 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs):
         patch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
         yield scenarios, targets_file
-        for scenario in scenarios.values():
-            stop_all(scenario)
+        stop_all(*scenarios.values())
 
 
 def secrets_leaked(run, scenario, captured: str) -> list[str]:
@@ -113,7 +116,7 @@ def test_upgrade_reaches_both_environments_with_data_unchanged(world, capfd, cap
     assert secrets_leaked(run, s, captured) == []
 
 
-def test_failed_staging_migration_rolls_staging_back_and_never_touches_production(world):
+def test_failed_staging_migration_rolls_staging_back_and_never_touches_production(world, capfd, caplog):
     scenarios, targets_file = world
     s = scenarios["broken_staging"]
     start_and_seed(s)
@@ -141,6 +144,16 @@ def test_failed_staging_migration_rolls_staging_back_and_never_touches_productio
                if task.startswith("production_upgrade.")), states
     assert last_record(s)["outcome"] == "staging_failed"
     assert s.env("staging").store.in_progress() is None
+    # the failed task's log ends with what to do now: for staging, mid-upgrade, while the marker was there
+    out, err = capfd.readouterr()
+    told = out + err + caplog.text
+    final = xcom(run, "staging_upgrade.backup")["backup_id"]
+    assert "WHAT NOW" in told
+    assert (f"- staging is mid-upgrade (marker of this run, {OLD} → {NEW}). Clearing staging_upgrade.migrate is "
+            "safe: it continues from what the last try left.") in told
+    assert "clear staging_upgrade.rollback_staging" in told
+    assert ("trigger airlock_rollback__broken_staging with "
+            f'{{"environment": "staging", "backup_id": "{final}"}}') in told
 
 
 def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(world):
@@ -205,9 +218,7 @@ def test_rehearsal_failure_stops_the_upgrade_before_any_server_is_touched(world)
     assert {env: s.env(env).driver.running_pid() for env in pids} == pids  # nothing was stopped
     assert served(s, "staging") == served(s, "production") == OLD
     assert fingerprints(s) == before
-    with production_db.connect(database=None) as conn:  # the rehearsal's scratch copy is gone
-        assert production_db.query(conn, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA "
-                                         "WHERE SCHEMA_NAME LIKE 'airlock_verify_rehearsal%%'") == []
+    assert scratch_copies_on_its_server(production_db, "rehearsal") == []  # the rehearsal's copy is gone
     assert last_record(s)["outcome"] == "failed"
 
 
@@ -350,7 +361,7 @@ def test_a_broken_server_that_still_answers_is_not_rolled_back_without_a_human(w
     assert record["outcome"] == "kept_after_failed_watch"
     assert "clear conclude.rollback_decision" in record["detail"]
     # on-call decides later to roll back: the write is kept first, the old version serves the old data
-    rolled_back = steps.rollback(production, run.run_id)
+    rolled_back = run_waits(steps.rollback(production, run.run_id))
     assert rolled_back["version"] == OLD and served(s, "production") == OLD
     assert rolled_back["post_upgrade_backup"]["written_since_upgrade"]
 

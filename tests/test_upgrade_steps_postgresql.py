@@ -11,6 +11,7 @@ from airlock import steps
 from airlock.config import load_target
 from airlock.demo import SEED_MLFLOW
 from airlock.environment import open_environment
+from airlock.waits import run_waits
 from services import new_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -60,16 +61,19 @@ def test_mlflow_on_postgresql_upgrades_and_rolls_back_to_the_exact_data(producti
     assert env.adapter.server_version() == OLD  # the rehearsal ran on a copy
     assert env.database.table_stats() == tables_before
 
-    steps.freeze(env, RUN, plan)
+    run_waits(steps.freeze(env, RUN, plan))
     steps.final_backup(env, RUN)
     steps.migrate(env, RUN)
-    steps.start(env, RUN)
+    migrated = steps.verify_migrated_data(env, RUN)  # every old column's values, by PostgreSQL's checksums
+    assert migrated["equal_to_final_backup"] and migrated["new_tables"]  # 3.x tables are not judged
+    assert migrated["rows"] == sum(t["rows"] for name, t in tables_before.items() if name != "alembic_version")
+    run_waits(steps.start(env, RUN))
     assert steps.check_health(env, plan)["version"] == NEW
     steps.smoke(env)
     assert steps.verify_fingerprint(env, RUN)["equal_to_pre_upgrade"]
     assert len(env.database.table_stats()) > len(tables_before)  # 3.x tables exist now
 
-    rolled_back = steps.rollback(env, RUN)
+    rolled_back = run_waits(steps.rollback(env, RUN))
     assert rolled_back["rolled_back"] and rolled_back["version"] == OLD
     assert env.adapter.server_version() == OLD
     assert env.adapter.fingerprint().digest == before
@@ -90,11 +94,11 @@ def test_a_migration_failing_half_way_on_postgresql_is_rolled_back_to_the_exact_
         env.database.query(conn, "CREATE TABLE webhooks (id INTEGER PRIMARY KEY)")
     before, tables_before = env.adapter.fingerprint().digest, env.database.table_stats()
     steps.backup(env, steps.PREPARE, RUN, OLD)
-    steps.freeze(env, RUN, plan)
+    run_waits(steps.freeze(env, RUN, plan))
     steps.final_backup(env, RUN)
     with pytest.raises(Exception, match=r"migration of .* failed"):
         steps.migrate(env, RUN)
-    rolled_back = steps.rollback(env, RUN)
+    rolled_back = run_waits(steps.rollback(env, RUN))
     assert rolled_back["version"] == OLD and rolled_back["fingerprint_equal"]
     assert env.database.table_stats() == tables_before
     assert env.adapter.fingerprint().digest == before

@@ -45,8 +45,7 @@ def world(tmp_path_factory, airflow_db, zenml_venvs):
         patch.setenv("AIRLOCK_TARGETS_FILE", str(targets_file))
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
         yield scenarios, targets_file
-        for scenario in scenarios.values():
-            stop_all(scenario)
+        stop_all(*scenarios.values())
 
 
 def test_zenml_upgrade_keeps_stacks_runs_artifacts_and_models(world):

@@ -1,4 +1,4 @@
-"""Pausing and unpausing the teams' DAGs through Airflow's REST API.
+"""Pausing and unpausing the teams' DAGs, and the production slot's pool, through Airflow's REST API.
 
 A task cannot change another DAG through the Task SDK, so Airlock uses the public API, as an
 operator would from the UI. The connection (`drain.airflow_api_conn_id`) holds the API's base URL
@@ -57,6 +57,14 @@ class AirflowApi:
                               headers=self.headers())
         if bool(answer.get("is_paused")) != paused:
             raise ServerError(f"Airflow did not {'pause' if paused else 'unpause'} DAG {dag_id}: {answer}")
+
+    def pool(self, name: str) -> dict:
+        return request_json("GET", f"{self.base_url}/api/v2/pools/{quote(name, safe='')}", headers=self.headers())
+
+    def create_pool(self, name: str, slots: int, description: str, include_deferred: bool) -> dict:
+        return request_json("POST", f"{self.base_url}/api/v2/pools", {
+            "name": name, "slots": slots, "description": description, "include_deferred": include_deferred},
+            headers=self.headers())
 
 
 class PausedRecord:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from airlock.resolution import NOT_CHECKED
+
 
 def downtime_estimate(rehearsal: dict | None, staging_start: dict | None) -> dict | None:
     """Production downtime = final backup + its verification + migration (as rehearsed on a copy
@@ -27,14 +29,36 @@ def client_lines(clients: dict | None, artifacts: dict | None) -> list[str]:
     lines = ["", "### Clients"]
     if clients:
         lines.append(f"- rule: {clients['rule']}; {clients['old_clients']}")
-        lines += [f"- {'⚠ ' if entry['status'] in ('incompatible', 'unreadable', 'unpinned') else ''}"
-                  f"`{entry['file']}`: {entry['status']} ({entry['detail']})" for entry in clients["files"]]
+        for entry in clients["files"]:
+            lines.append(f"- {'⚠ ' if entry['status'] in ('incompatible', 'unreadable', 'unpinned') else ''}"
+                         f"`{entry['file']}`: {entry['status']} ({entry['detail']})")
+            lines += [f"  - {'⚠ ' if said['status'] in ('incompatible', 'conflict') else ''}{check}: {said['status']} "
+                      f"({said['detail']})" for check in ("python", "dependencies")
+                      if (said := entry.get(check)) and said["detail"] != NOT_CHECKED]
+        lines += [f"- ⚠ {problem}" for problem in clients.get("out_of_sync", [])]
     if artifacts and "checked" in artifacts:
         failed = artifacts["failed"]
         lines.append(f"- {artifacts['checked'] - len(failed)} of the {artifacts['checked']} most recent artifacts "
                      f"load with the {artifacts['client_version']} client"
                      + "".join(f"\n  - ⚠ {item['name']}: {item['error']}" for item in failed))
     return lines if len(lines) > 2 else []
+
+
+def release_lines(notes: dict | None) -> list[str]:
+    """The hop's release notes (a link per release) and the guides' breaking notes it crosses."""
+    if not notes:
+        return []
+    lines = ["", f"### Release notes ({len(notes['releases'])} release(s) in this hop)"]
+    if notes["releases"]:
+        lines.append(", ".join(f"[{r['version']}]({r['url']})" for r in notes["releases"]))
+    for note in notes["breaking"]:
+        flag = "runs_fail" if note["runs_fail"] else "uninstall_first" if note["uninstall_first"] else None
+        lines.append(f"- {'⚠ ' if flag else ''}**{note['version']}**: {note['note']}"
+                     + (f" ({flag})" if flag else "") + f" — {note['source']}")
+    if notes["drain_required"]:
+        lines.append(f"- ⚠ **Production's drain cannot be skipped for this hop** ({notes['drain_required']}): "
+                     "the drain decision offers only Wait longer or Abort")
+    return lines
 
 
 def approval_body(target: str, plan: dict, staging: dict, backups: dict, inventory: dict,
@@ -54,6 +78,7 @@ def approval_body(target: str, plan: dict, staging: dict, backups: dict, invento
     ]
     lines += [f"- {name}: `{b.get('backup_id')}` ({b.get('tables')} tables, {b.get('rows')} rows) at "
               f"`{b.get('location')}`" for name, b in backups.items()]
+    lines += release_lines(plan.get("release_notes"))
     lines += client_lines(clients, artifacts)
     if downtime:
         parts = ", ".join(f"{name} {seconds:.1f} s" if seconds >= 0.1 else f"{name} <0.1 s"
@@ -71,3 +96,11 @@ def approval_body(target: str, plan: dict, staging: dict, backups: dict, invento
         "**Approve** to upgrade production. **Reject** leaves production untouched.",
     ]
     return "\n".join(lines)
+
+
+def auto_approval(auto_approve: str, plan: dict) -> str | None:
+    """Why the UAT gate need not ask (a patch upgrade of a target that says auto_approve: patch), or
+    None: minor and major upgrades always wait for an approver."""
+    if auto_approve == "patch" and plan["production"]["change"] == "patch":
+        return f"patch upgrade {plan['from']} → {plan['to']}; the target says auto_approve: patch"
+    return None

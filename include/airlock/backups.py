@@ -11,15 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from airlock.artifacts.base import INVENTORY, ArtifactStore, keep_artifacts
 from airlock.databases.base import Database, TableStats
 from airlock.signing import SigningError
 from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore
 
 CONFIGURATION = "configuration.json"
+DOWNLOADS = 4
 SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*")
 """What a set's own files are called (dump/…, configuration.json): relative, no `..`."""
 
@@ -118,8 +123,9 @@ def tags_for(meta: dict) -> dict[str, str]:
 
 
 def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
-                configuration: dict | None = None) -> Manifest:
-    """Write a backup set; the manifest goes last so a crash never leaves a 'complete' backup."""
+                configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest:
+    """Write a backup set; the manifest goes last so a crash never leaves a 'complete' backup. With
+    `artifacts`, the artifact store's inventory (and copy) joins the set, after the database's dump."""
     started = time.monotonic()
     tags = tags_for(meta)
     directory = store.begin(backup_id)
@@ -135,6 +141,8 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
         names, tables, facts = db.dump_stream(put)
     if configuration is not None:
         files[CONFIGURATION] = store.write_json(backup_id, CONFIGURATION, configuration, tags)
+    if artifacts is not None:
+        files[INVENTORY] = keep_artifacts(artifacts, store, backup_id, tags)
     manifest = Manifest(backup_id=backup_id, database_kind=db.kind, database=db.describe(), facts=facts,
                         files=files, tables=tables, **meta)
     manifest.seconds = round(time.monotonic() - started, 3)
@@ -186,11 +194,46 @@ def zstd_content_size(header: bytes) -> int | None:
 
 
 def load_backup(db: Database, store: BackupStore, manifest: Manifest) -> None:
+    """From the set's folder (a local store), from its objects streamed, or, for a dump that only
+    loads from files (mydumper's), from its objects downloaded side by side into a temporary folder."""
     directory = store.directory(manifest.backup_id)
     if directory is not None:
         db.load(directory, manifest.facts)
+    elif downloads(db, store, manifest):
+        with tempfile.TemporaryDirectory(prefix="airlock-download-") as scratch:
+            download_side_by_side(store, manifest, Path(scratch))
+            db.load(Path(scratch), manifest.facts)
     else:
         db.load_stream(lambda name: store.open_stream(manifest.backup_id, name), manifest.facts)
+
+
+def downloads(db: Database, store: BackupStore, manifest: Manifest) -> bool:
+    """The set is downloaded to be loaded (and its files checked as they arrive)."""
+    return store.directory(manifest.backup_id) is None and db.loads_from_files_only(manifest.facts)
+
+
+def check_files_before_load(db: Database, store: BackupStore, manifest: Manifest) -> None:
+    """The set's files checked before anything is loaded, unless the load downloads (and so checks)
+    them anyway: an S3 set is read once, not twice."""
+    if not downloads(db, store, manifest):
+        check_files(store, manifest)
+
+
+def download_side_by_side(store: BackupStore, manifest: Manifest, folder: Path) -> None:
+    """Every file of the set into `folder`, DOWNLOADS at a time, each checked against the manifest's sha256."""
+    def download(name: str) -> None:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with store.open_stream(manifest.backup_id, name) as source, open(folder / name, "wb") as out:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != manifest.files[name]["sha256"]:
+            raise BackupError(f"backup {manifest.backup_id}: file {name} is corrupted (sha256 differs from the "
+                              "manifest)")
+
+    with ThreadPoolExecutor(max_workers=DOWNLOADS, thread_name_prefix="airlock-download") as pool:
+        list(pool.map(download, manifest.files))  # the first failure is raised
 
 
 def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
@@ -199,7 +242,7 @@ def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
         return store.read_json(backup_id, VERIFICATION) or {}
     started = time.monotonic()
     manifest = read_manifest(store, backup_id)
-    check_files(store, manifest)
+    check_files_before_load(db, store, manifest)
     scratch = db.scratch(manifest.environment)
     scratch.check_restore_possible(manifest.facts, plain_size(store, manifest))  # room on the scratch server
     try:
@@ -225,7 +268,7 @@ def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
                           "refusing to restore it over the live database")
     started = time.monotonic()
     manifest = read_manifest(store, backup_id)
-    check_files(store, manifest)  # every file reads back with the sha256 the manifest recorded
+    check_files_before_load(db, store, manifest)  # every file reads back with the sha256 the manifest recorded
     db.check_restore_possible(manifest.facts, plain_size(store, manifest))
     db.restore_in_place(lambda staging: load_backup(staging, store, manifest),
                         lambda staging: table_differences(manifest.tables, staging.table_stats()), manifest.facts)

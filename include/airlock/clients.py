@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,48 +96,51 @@ def included_file(path: Path, number: int, name: str, root: Path) -> Path:
     return included
 
 
-def pins_in_requirements(path: Path, package: str, seen: set[Path] | None = None,
-                         root: Path | None = None) -> list[ClientPin]:
-    """Pins of `package` in a pip requirements file, following `-r`/`-c` includes inside the checkout."""
+def requirements_in(path: Path, seen: set[Path] | None = None,
+                    root: Path | None = None) -> Iterator[tuple[Path, int, Requirement]]:
+    """Every requirement of a pip requirements file with where it stands, following `-r`/`-c`
+    includes inside the checkout."""
     seen = seen if seen is not None else set()
     root = root or checkout_of(path)
     if path.resolve() in seen:
-        return []
+        return
     if len(seen) >= MAX_INCLUDED_FILES:
         raise ClientFileError(f"{path}: more than {MAX_INCLUDED_FILES} included files")
     seen.add(path.resolve())
-    pins = []
     for number, raw in enumerate(read_team_file(path).splitlines(), start=1):
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         include = INCLUDE.fullmatch(line)
         if include:
-            pins.extend(pins_in_requirements(included_file(path, number, include.group(1), root), package,
-                                             seen, root))
+            yield from requirements_in(included_file(path, number, include.group(1), root), seen, root)
             continue
         if not line or line.startswith("-"):
             continue
         try:
-            requirement = Requirement(line.split(" --hash", 1)[0].rstrip(" \\"))
+            yield path, number, Requirement(line.split(" --hash", 1)[0].rstrip(" \\"))
         except InvalidRequirement as error:
             raise ClientFileError(f"{path}:{number}: not a requirement ({error})") from None
-        if canonicalize_name(requirement.name) == canonicalize_name(package):
-            pins.append(ClientPin(str(path), f"line {number}", str(requirement), exact_version(requirement)))
-    return pins
 
 
-def pins_in_pyproject(path: Path, package: str) -> list[ClientPin]:
-    """Pins in [project] dependencies (PEP 621) and optional-dependencies."""
+def pins_in_requirements(path: Path, package: str) -> list[ClientPin]:
+    """Pins of `package` in a pip requirements file and the files it includes."""
+    return [ClientPin(str(where), f"line {number}", str(requirement), exact_version(requirement))
+            for where, number, requirement in requirements_in(path)
+            if canonicalize_name(requirement.name) == canonicalize_name(package)]
+
+
+def project_requirements(path: Path) -> list[tuple[str, Requirement]]:
+    """[project] dependencies (PEP 621) and optional-dependencies, each with its group."""
     project = tomllib.loads(read_team_file(path)).get("project", {})
     groups = {"dependencies": project.get("dependencies", []),
               **{f"optional-dependencies.{k}": v for k, v in project.get("optional-dependencies", {}).items()}}
-    pins = []
-    for group, entries in groups.items():
-        for text in entries:
-            requirement = Requirement(text)
-            if canonicalize_name(requirement.name) == canonicalize_name(package):
-                pins.append(ClientPin(str(path), f"[project] {group}", str(requirement),
-                                      exact_version(requirement)))
-    return pins
+    return [(group, Requirement(text)) for group, entries in groups.items() for text in entries]
+
+
+def pins_in_pyproject(path: Path, package: str) -> list[ClientPin]:
+    """Pins in [project] dependencies and optional-dependencies."""
+    return [ClientPin(str(path), f"[project] {group}", str(requirement), exact_version(requirement))
+            for group, requirement in project_requirements(path)
+            if canonicalize_name(requirement.name) == canonicalize_name(package)]
 
 
 def pins_in_toml_lock(path: Path, package: str) -> list[ClientPin]:
@@ -156,10 +160,50 @@ def pins_in_pipfile_lock(path: Path, package: str) -> list[ClientPin]:
     return pins
 
 
+BAZEL_FILES = ("WORKSPACE", "WORKSPACE.bazel", "MODULE.bazel")
+BAZEL_RULES = {"sematic": "rules_sematic"}
+"""The Bazel repository that carries a platform's client for Bazel builds (Sematic's guide: keep its
+tag and the pip package in sync)."""
+STARLARK_CALL = re.compile(r"\b(\w+)\s*\(")
+STARLARK_STRING = re.compile(r'(\w+)\s*=\s*"([^"\n]*)"')
+RELEASE_TAG = re.compile(r"v?(\d+\.\d+\.\d+\S*)")
+
+
+def starlark_calls(text: str) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """Each call in a WORKSPACE or MODULE.bazel: (function, line, its string arguments)."""
+    text = re.sub(r"#[^\n]*", "", text)
+    for call in STARLARK_CALL.finditer(text):
+        depth, end = 0, call.end() - 1
+        for end in range(call.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        yield call.group(1), text.count("\n", 0, call.start()) + 1, dict(STARLARK_STRING.findall(text[call.end():end]))
+
+
+def pins_in_bazel(path: Path, package: str) -> list[ClientPin]:
+    """The platform's Bazel rules in a WORKSPACE (git_repository / http_archive named after them) or a
+    MODULE.bazel (bazel_dep, git_override): a release tag is a pin; a branch or a commit is not."""
+    repository = BAZEL_RULES.get(package)
+    pins = []
+    for function, line, arguments in starlark_calls(read_team_file(path)):
+        if repository not in (arguments.get("name"), arguments.get("module_name")):
+            continue
+        given = arguments.get("tag") or arguments.get("version") or arguments.get("url") or ""
+        released = RELEASE_TAG.search(given.rsplit("/", 1)[-1] if "/" in given else given)
+        spec = ", ".join(f"{key} = {arguments[key]!r}" for key in ("tag", "version", "branch", "commit", "url")
+                         if key in arguments)
+        pins.append(ClientPin(str(path), f"line {line} {function}({repository})", spec or function,
+                              released.group(1).removesuffix(".tar.gz").removesuffix(".zip") if released else None))
+    return pins
+
+
 def read_pins(path: str | Path, package: str) -> list[ClientPin]:
-    """Every mention of `package` in one requirement or lock file, by the file's format."""
+    """Every mention of `package` in one requirement, lock or Bazel file, by the file's format."""
     path = Path(path)
     try:
+        if path.name in BAZEL_FILES:
+            return pins_in_bazel(path, package)
         if path.name in LOCK_FILES_TOML:
             return pins_in_toml_lock(path, package)
         if path.name == "Pipfile.lock":
@@ -204,3 +248,35 @@ def judge_file(path: str, package: str, server_version: str, rule) -> ClientVerd
 
 
 FAILING = ("incompatible", "unreadable")
+
+
+def team_requirements(path: str | Path, package: str) -> tuple[list[str], str] | None:
+    """What the team asks for directly, except the platform's client (to be pinned to the new
+    version), and where that was read: a requirements file with its includes, [project] dependencies,
+    or, for a lock file, the pyproject.toml beside it. None when there is nothing to resolve from (a
+    Bazel file, a lock file alone)."""
+    path = Path(path)
+    client = canonicalize_name(package)
+    if path.name in BAZEL_FILES:
+        return None
+    if path.name in (*LOCK_FILES_TOML, "Pipfile.lock"):
+        path = path.with_name("pyproject.toml")
+        if not path.is_file():
+            return None
+    if path.name == "pyproject.toml":
+        return ([str(requirement) for group, requirement in project_requirements(path)
+                 if group == "dependencies" and canonicalize_name(requirement.name) != client],
+                f"{path} [project] dependencies")
+    return ([str(requirement) for _, _, requirement in requirements_in(path)
+             if canonicalize_name(requirement.name) != client], str(path))
+
+
+def out_of_sync(verdicts: list[ClientVerdict]) -> list[tuple[str, str]]:
+    """Bazel rules whose release differs from the pip pin of the same checkout (Sematic's guide: "pip
+    packages and the bazel integration should always be kept in sync"): (file, what differs)."""
+    pinned = [(checkout_of(Path(v.file)), v) for v in verdicts if v.version]
+    return [(bazel.file, f"{bazel.detail} is {bazel.version}, but {pip.file} pins {pip.version}: keep the Bazel "
+                         "rules and the pip package on the same release")
+            for root, bazel in pinned if Path(bazel.file).name in BAZEL_FILES
+            for other_root, pip in pinned
+            if other_root == root and Path(pip.file).name not in BAZEL_FILES and pip.version != bazel.version]

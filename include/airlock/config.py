@@ -7,23 +7,34 @@ import error of the DAG file instead of a half-built DAG. Unknown keys are error
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
+from packaging.version import InvalidVersion, Version
 
-from airlock.config_reader import ConfigError, Reader, shown
+from airlock.config_operations import (
+    FleetConfig,
+    MaintenanceConfig,
+    NotifyConfig,
+    ReleaseSource,
+    ScheduleConfig,
+    TeamsConfig,
+)
+from airlock.config_reader import CONN_ID, MINUTES_MAX, SECONDS_MAX, ConfigError, Reader, shown
 from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORM_DATABASES, PLATFORMS
+from airlock.release_notes import BreakingNote
 
 DEFAULT_TARGETS_FILE = Path(__file__).resolve().parent.parent / "targets.yaml"
 TARGETS_FILE_ENV = "AIRLOCK_TARGETS_FILE"
 ENVIRONMENTS = ("staging", "production")
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 RDS_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 IMAGE_TAG = re.compile(r"[A-Za-z0-9_.-]{0,40}\{version\}[A-Za-z0-9_.-]{0,40}")
@@ -31,12 +42,11 @@ S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?")
 USER_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 QUEUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+POOL = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 
 
 DEFAULT_SIGNING_VARIABLE = "airlock_backup_signing_key"
-MINUTES_MAX = 30 * 24 * 60
-"""No wait in a targets file is longer than 30 days; a longer one is a typo (seconds for minutes)."""
-SECONDS_MAX = 7 * 24 * 3600
+WATCH_MINUTES_MAX = 7 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,10 @@ class HelmConfig:
     """The tag of a version's image, for charts whose tags are not the bare version (`v{version}`,
     `{version}-slim`)."""
     migration_values: dict = field(default_factory=dict)
+    migration: str = "job"
+    """job: Airlock renders the chart's migration Job (`migration_values` switch it on) and runs it
+    before the release changes. hook: the chart migrates in a pre-upgrade hook Job named
+    `migration_job` (ZenML's chart), which `helm upgrade` runs and waits for; Airlock keeps its logs."""
     kubernetes_conn_id: str = "kubernetes_default"
     backend: str = "auto"
     timeout_seconds: float = 300
@@ -148,7 +162,7 @@ class HelmConfig:
             overrides=overrides, image_tag_path=r.text("image_tag_path", default="image.tag",
                                                        pattern=re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")),
             image_tag=cls.read_image_tag(r),
-            migration_values=migration_values,
+            migration_values=migration_values, migration=r.choice("migration", ["job", "hook"], default="job"),
             kubernetes_conn_id=r.text("kubernetes_conn_id", default="kubernetes_default", pattern=CONN_ID,
                                       expand=True),
             backend=r.choice("backend", ["auto", "sdk", "cli"], default="auto"),
@@ -159,6 +173,9 @@ class HelmConfig:
         if config.method == "blue-green" and sorted(config.release_urls) != sorted(config.releases):
             r.fail("release_urls", f"blue-green needs the URL of each release: {', '.join(config.releases)} "
                                    f"(got {sorted(config.release_urls)})")
+        if config.method == "blue-green" and config.migration == "hook":
+            r.fail("migration", "hook works with method: rolling only (with blue-green each release would run "
+                                "its own install hook, under a name of its own)")
         r.done()
         return config
 
@@ -181,6 +198,11 @@ class DriverConfig:
     secret_env: dict[str, str] = field(default_factory=dict)
     """Secret environment of a process server (e.g. MLFLOW_FLASK_SERVER_SECRET_KEY): NAME → the Airflow
     connection whose password is the value, read when the server starts, never written anywhere."""
+
+    @property
+    def migrates_at_start(self) -> bool:
+        """The chart's hook migrates inside `helm upgrade`: the new server starts as the migration ends."""
+        return self.helm is not None and self.helm.migration == "hook"
     args: list[str] = field(default_factory=list)
     """Extra arguments of a process server's command line, e.g. MLflow's `--app-name basic-auth`
     (argv is visible to every user of the machine: never a secret here, use `env`)."""
@@ -212,6 +234,43 @@ class DriverConfig:
         return config
 
 
+def read_location(r: Reader) -> str:
+    """A store's `location`: an absolute path on the worker or an s3://bucket/prefix URL."""
+    raw = r.data.get("location")
+    location = r.text("location", expand=True)
+    if location.startswith("s3://"):
+        if not S3_URL.fullmatch(location):
+            r.fail("location", f"{shown(raw, location)} is not an s3://bucket/prefix URL")
+    elif not os.path.isabs(location):
+        r.fail("location", f"must be an absolute path or an s3:// URL (got {shown(raw, location)})")
+    return location
+
+
+@dataclass(frozen=True)
+class ArtifactsConfig:
+    """The environment's artifact store (the MLflow guide's "backup artifacts"): a local artifact root
+    or s3://bucket/prefix. Its inventory goes into each backup set, with a copy of what the store
+    itself cannot give back (a local root's files, hard-linked where the filesystem allows; the
+    objects of an unversioned bucket); a versioned bucket's previous versions are its copy."""
+
+    location: str
+    aws_conn_id: str = "aws_default"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location.startswith("s3://")
+
+    @classmethod
+    def read(cls, r: Reader) -> ArtifactsConfig:
+        location = read_location(r)
+        config = cls(location.rstrip("/") or "/", r.text("aws_conn_id", default="aws_default", pattern=CONN_ID,
+                                                          expand=True))
+        if not config.is_s3 and r.data.get("aws_conn_id") is not None:
+            r.fail("aws_conn_id", "is only for an s3:// location")
+        r.done()
+        return config
+
+
 @dataclass(frozen=True)
 class EnvironmentConfig:
     """One environment (staging or production) of a target."""
@@ -225,6 +284,11 @@ class EnvironmentConfig:
     upgrade ends, whatever the outcome; DAGs that were already paused are left paused."""
     auth_conn_id: str | None = None
     """The Airflow connection Airlock logs in to this environment's server with (every call)."""
+    maintenance: MaintenanceConfig | None = None
+    """When set, the environment's upgrade waits (deferred: no worker slot) for a window it fits in."""
+    artifacts: ArtifactsConfig | None = None
+    """When set, the artifact store is inventoried (and kept) in each backup set, compared after the
+    upgrade and restored by a rollback."""
 
     @property
     def host(self) -> str:
@@ -240,8 +304,11 @@ class EnvironmentConfig:
         auth = r.child("auth", required=False)
         auth_conn_id = auth.text("conn_id", pattern=CONN_ID, expand=True) if auth.data else None
         auth.done()
+        maintenance = MaintenanceConfig.read(r.child("maintenance")) if r.data.get("maintenance") is not None else None
+        artifacts = ArtifactsConfig.read(r.child("artifacts")) if r.data.get("artifacts") is not None else None
+        r.used.update({"maintenance", "artifacts"})
         config = cls(name, r.url("url"), DriverConfig.read(r.child("driver")), DatabaseConfig.read(r.child("database")),
-                     r.names("pause_dags"), auth_conn_id)
+                     r.names("pause_dags"), auth_conn_id, maintenance, artifacts)
         for index, dag_id in enumerate(config.pause_dags):
             if not DAG_ID.fullmatch(dag_id):
                 r.fail(f"pause_dags[{index}]", f"{dag_id!r} is not a DAG id")
@@ -290,10 +357,17 @@ class WatchConfig:
     consecutive_failures: int = 3
     unhealthy_seconds: float = 60
     decision_timeout_minutes: float = 60
+    minutes: float = 30
+    """How long production is watched (the trigger param watch_seconds overrides it for one run)."""
+    smoke_interval_seconds: float = 600
+    """How often the smoke test (it writes a little) runs during the watch; health and version every interval."""
 
     @classmethod
     def read(cls, r: Reader) -> WatchConfig:
         config = cls(
+            minutes=r.number("minutes", cls.minutes, minimum=0, maximum=WATCH_MINUTES_MAX),
+            smoke_interval_seconds=r.number("smoke_interval_seconds", cls.smoke_interval_seconds, minimum=1,
+                                            maximum=SECONDS_MAX),
             interval_seconds=r.number("interval_seconds", cls.interval_seconds, minimum=0.1, maximum=3600),
             consecutive_failures=int(r.number("consecutive_failures", cls.consecutive_failures, minimum=1, maximum=1000,
                                               integer=True)),
@@ -314,12 +388,16 @@ class CompatibilityConfig:
     client_files: list[str] = field(default_factory=list)
     on_incompatible: str = "fail"
     recent_artifacts: int = 5
+    resolve: bool = True
+    """Also check each file's Python against the new client's Requires-Python and resolve its
+    requirements with the new client through pip (dry run, the workers' package index)."""
 
     @classmethod
     def read(cls, r: Reader) -> CompatibilityConfig:
         config = cls(client_files=r.paths("client_files"),
                      on_incompatible=r.choice("on_incompatible", ["fail", "warn"], default="fail"),
-                     recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, maximum=1000, integer=True)))
+                     recent_artifacts=int(r.number("recent_artifacts", 5, minimum=0, maximum=1000, integer=True)),
+                     resolve=r.flag("resolve", True))
         r.done()
         return config
 
@@ -343,13 +421,7 @@ class BackupConfig:
 
     @classmethod
     def read(cls, r: Reader) -> BackupConfig:
-        raw = r.data.get("location")
-        location = r.text("location", expand=True)
-        if location.startswith("s3://"):
-            if not S3_URL.fullmatch(location):
-                r.fail("location", f"{shown(raw, location)} is not an s3://bucket/prefix URL")
-        elif not os.path.isabs(location):
-            r.fail("location", f"must be an absolute path or an s3:// URL (got {shown(raw, location)})")
+        location = read_location(r)
         sse = r.choice("sse", ["none", "AES256", "aws:kms"], default="none")
         config = cls(
             location=location,
@@ -401,6 +473,19 @@ class TargetConfig:
     queue: str | None = None
     """The Airflow worker queue every task of this target goes to: where a process target's servers,
     state and local backups live (a Celery worker started with `--queues` including it)."""
+    schedule: ScheduleConfig | None = None
+    auto_approve: str = "none"
+    """patch: a patch upgrade (scheduled or not) passes the UAT gate without a human, and the log says
+    so; minor and major upgrades always wait for an approver."""
+    releases: ReleaseSource = field(default_factory=ReleaseSource)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    teams: TeamsConfig = field(default_factory=TeamsConfig)
+    release_notes: tuple[BreakingNote, ...] = ()
+    """The target's own breaking notes for hops, beside Airlock's table (release_notes.py)."""
+    production_pool: str | None = None
+    """The Airflow pool whose slot a production upgrade of this target holds from its start to the
+    run's end (airlock/production_slot.py): `airlock_<platform>` by default, shared by the platform's
+    targets; "none" lets this target's production run beside any other."""
     source: str = ""
 
     @property
@@ -445,9 +530,24 @@ class TargetConfig:
         envs = r.child("environments")
         environments = {env: EnvironmentConfig.read(env, envs.child(env)) for env in ENVIRONMENTS}
         envs.done()
+        auto_upgrade = r.choice("auto_upgrade", ["patch"]) if r.data.get("auto_upgrade") is not None else None
+        r.used.add("auto_upgrade")
+        schedule = (ScheduleConfig.read(r.child("schedule"), auto_upgrade) if r.data.get("schedule") is not None
+                    else None)
+        r.used.add("schedule")
+        if auto_upgrade and schedule is None:
+            r.fail("auto_upgrade", "needs a schedule: {cron: ..., timezone: ...} to run on")
+        auto_approve = r.choice("auto_approve", ["none", "patch"], default="none")
+        releases = ReleaseSource.read(r.child("releases", required=False))
+        notify = NotifyConfig.read(r.child("notify", required=False))
+        teams = TeamsConfig.read(r.child("teams", required=False), notify.from_email)
+        notes = read_release_notes(r)
+        pool = r.text("production_pool", default=f"airlock_{platform}", pattern=POOL)
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
-                     compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, queue, r.source)
+                     compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, queue,
+                     schedule, auto_approve, releases, notify, teams, notes, None if pool == "none" else pool,
+                     r.source)
         target.check_database_kinds(r)
         return target
 
@@ -472,6 +572,25 @@ class TargetConfig:
             helm = env.driver.helm
             for release in (helm.releases if helm else ()):
                 yield name, "driver.helm.release", ("helm", helm.namespace, release)
+
+
+def read_release_notes(r: Reader) -> tuple[BreakingNote, ...]:
+    """`release_notes: [{version, note, runs_fail, uninstall_first}]`: the target's own breaking notes."""
+    entries = r._get("release_notes", False, [])
+    if not isinstance(entries, list):
+        r.fail("release_notes", "must be a list, e.g. [{version: 0.42.0, note: '…', runs_fail: true}]")
+    notes = []
+    for index, entry in enumerate(entries):
+        item = Reader(entry, f"{r.where}.release_notes[{index}]".lstrip("."), r.source, r.target)
+        version = item.text("version")
+        try:
+            Version(version)
+        except InvalidVersion:
+            item.fail("version", f"{version!r} is not a version number")
+        notes.append(BreakingNote(version, item.text("note"), item.flag("runs_fail", False),
+                                  item.flag("uninstall_first", False), f"the targets file {r.source}"))
+        item.done()
+    return tuple(notes)
 
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0", "::"}
@@ -505,18 +624,33 @@ def targets_file() -> Path:
     return Path(os.environ.get(TARGETS_FILE_ENV) or DEFAULT_TARGETS_FILE)
 
 
-def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
-    """Load and validate every target of a targets file."""
+def read_file(path: str | Path | None) -> tuple[str, Reader]:
+    """The targets file's top level, where `targets` and `fleets` are."""
     path = Path(path) if path else targets_file()
     source = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        stat = path.stat()
+        raw = parsed_yaml(source, stat.st_mtime_ns, stat.st_size)
     except FileNotFoundError:
         raise ConfigError(f"{source}: targets file not found (set {TARGETS_FILE_ENV})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
-    top = Reader(raw if raw is not None else {}, "", source, None)
+    return source, Reader(raw if raw is not None else {}, "", source, None)
+
+
+@functools.lru_cache(maxsize=8)
+def parsed_yaml(source: str, mtime_ns: int, size: int) -> Any:
+    """The file's YAML, parsed once per version of the file (one DAG file parse reads it for the
+    upgrade, rollback and fleet DAGs alike); libyaml's parser where PyYAML has it. Readers never
+    change what they read, so the parse is shared; ${VAR}s are expanded when each field is read."""
+    return yaml.load(Path(source).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
+    """Load and validate every target of a targets file."""
+    source, top = read_file(path)
     entries = top.child("targets")
+    top.used.add("fleets")
     top.done()
     if not entries.data:
         entries.fail("", "declares no targets")
@@ -527,6 +661,16 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
         targets[name] = TargetConfig.read(name, Reader(entries.data[name], "", source, name))
     check_targets_are_distinct(source, targets)
     return targets
+
+
+def load_fleets(path: str | Path | None = None) -> dict[str, FleetConfig]:
+    """The file's fleets (`fleets: {name: {targets: [...], wave_size, pause_minutes}}`), each naming
+    targets of the same file."""
+    known = set(load_targets(path))
+    source, top = read_file(path)
+    entries = top.child("fleets", required=False)
+    return {name: FleetConfig.read(str(name), Reader(entries.data[name], f"fleets.{name}", source, None), known)
+            for name in entries.data}
 
 
 def load_target(name: str, path: str | Path | None = None) -> TargetConfig:

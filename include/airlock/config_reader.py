@@ -19,6 +19,10 @@ URL_CHARS = re.compile(r"[!-~]+")
 """Printable ASCII without spaces: a URL with a newline or a space in it is a broken paste."""
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_TEXT = 4096
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+MINUTES_MAX = 30 * 24 * 60
+"""No wait in a targets file is longer than 30 days; a longer one is a typo (seconds for minutes)."""
+SECONDS_MAX = 7 * 24 * 3600
 
 
 class ConfigError(ValueError):

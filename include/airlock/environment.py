@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from airlock.config import DatabaseConfig, EnvironmentConfig, TargetConfig, loopback_or
+from airlock.artifacts.base import ArtifactStore
+from airlock.artifacts.local import LocalArtifacts
+from airlock.config import ArtifactsConfig, DatabaseConfig, EnvironmentConfig, TargetConfig, loopback_or
 from airlock.databases.base import Database, ServerParams
 from airlock.drivers import Driver
 from airlock.platforms.base import PlatformAdapter
@@ -15,6 +17,7 @@ from airlock.registry import DATABASE_KINDS, DRIVER_KINDS, PLATFORMS, load_class
 from airlock.signing import Signer
 from airlock.stores.base import BackupStore
 from airlock.stores.local import LocalBackupStore
+from airlock.upgrade_log import Folder, LogPlace
 
 DatabaseResolver = Callable[[DatabaseConfig], Database]
 
@@ -87,6 +90,7 @@ class Environment:
     database: Database
     driver: Driver
     store: BackupStore
+    artifacts: ArtifactStore | None = None
 
     @property
     def name(self) -> str:
@@ -116,7 +120,27 @@ def open_environment(target: TargetConfig, name: str, resolve: DatabaseResolver 
     adapter = open_adapter(target, name)
     database = open_database(config.database, resolve or scratch_resolver(target))
     driver = load_class(DRIVER_KINDS, config.driver.kind)(config, adapter, database)
-    return Environment(target, config, adapter, database, driver, open_store(target, name))
+    return Environment(target, config, adapter, database, driver, open_store(target, name),
+                       open_artifacts(config.artifacts))
+
+
+def open_artifacts(config: ArtifactsConfig | None) -> ArtifactStore | None:
+    """The environment's artifact store, when configured (an S3 client from the Airflow AWS connection)."""
+    if config is None:
+        return None
+    if not config.is_s3:
+        return LocalArtifacts(config.location)
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from airlock.artifacts.s3 import S3Artifacts
+
+    return S3Artifacts(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config.location)
+
+
+def log_place(target: TargetConfig) -> LogPlace:
+    """Where the target's upgrade log (and what its runs remember beside it) lives: its log_dir, else
+    its production store (an S3 target needs no local folder: every worker reads the same)."""
+    return Folder(target.log_dir) if target.log_dir else open_store(target, "production")
 
 
 def open_store(target: TargetConfig, environment: str) -> BackupStore:

@@ -88,6 +88,34 @@ class HelmClient(Protocol):
     def render(self, release: HelmRelease, values: dict) -> dict[str, str]: ...
 
 
+HELM_GRACE_SECONDS = 60
+"""How much longer than the release's `timeout_seconds` a Helm process may take (its own waits end first)."""
+
+
+def run_helm(argv: list[str], label: str, release: HelmRelease, **kwargs: Any) -> subprocess.CompletedProcess:
+    """A Helm process with the release's time limit; one that outlives it is stopped and reported as
+    what it was doing."""
+    limit = release.timeout_seconds + HELM_GRACE_SECONDS
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=limit, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise HelmError(f"{label}: no answer within {limit} s (timeout_seconds + {HELM_GRACE_SECONDS}), so it was "
+                        f"stopped. Check "
+                        f"`helm history {release.name} -n {release.namespace}`: a revision left pending must be "
+                        "rolled back before the next try") from None
+
+
+def sdk_answer(done: subprocess.CompletedProcess) -> dict:
+    """The SDK process's JSON answer (its last line), or an error that says what came instead."""
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": f"the Helm SDK process exited {done.returncode}: {done.stderr.strip()[-1500:]}"}
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        return {"error": f"the Helm SDK process answered no JSON: {lines[-1][-500:]!r}"}
+
+
 class SdkHelm:
     """helm-python-sdk: Helm's own Go code, run by `airlock.helm_sdk` in a child process named `helm`
     (so its field manager is the CLI's), talking to the cluster of `kubeconfig`."""
@@ -102,14 +130,13 @@ class SdkHelm:
             "name": release.name, "namespace": release.namespace, "chart": release.chart,
             "timeout": release.timeout_seconds, **args}}
         package_root = str(Path(__file__).resolve().parents[1])
-        done = subprocess.run([str(Path(sys.executable).parent / "helm"), "-m", "airlock.helm_sdk"],
-                              executable=sys.executable, input=json.dumps(request), capture_output=True,
-                              text=True, check=False, timeout=release.timeout_seconds + 60,
-                              env=child_env({"PYTHONPATH": package_root}, network=True, prefixes=("HELM_",)))
-        answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() \
-            else {"error": f"the Helm SDK process exited {done.returncode}: {done.stderr.strip()[-1500:]}"}
+        label = f"helm {what} release {release.name} in {release.namespace}"
+        done = run_helm([str(Path(sys.executable).parent / "helm"), "-m", "airlock.helm_sdk"], label, release,
+                        executable=sys.executable, input=json.dumps(request),
+                        env=child_env({"PYTHONPATH": package_root}, network=True, prefixes=("HELM_",)))
+        answer = sdk_answer(done)
         if "error" in answer:
-            raise HelmError(f"helm {what} release {release.name} in {release.namespace}: {answer['error']}")
+            raise HelmError(f"{label}: {answer['error']}")
         return answer["result"]
 
     def upgrade(self, release: HelmRelease, values: dict, description: str, install: bool = False) -> dict:
@@ -146,11 +173,10 @@ class CliHelm:
         return [self.binary, *args, "--namespace", release.namespace, "--kubeconfig", self.kubeconfig]
 
     def _run(self, argv: list[str], what: str, release: HelmRelease) -> str:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                timeout=release.timeout_seconds + 60, env=child_env(network=True, prefixes=("HELM_",)))
+        label = f"helm {what} of release {release.name} in {release.namespace}"
+        result = run_helm(argv, label, release, env=child_env(network=True, prefixes=("HELM_",)))
         if result.returncode != 0:
-            raise HelmError(f"helm {what} of release {release.name} in {release.namespace} (exit "
-                            f"{result.returncode}): {result.stderr.strip()[-1500:]}")
+            raise HelmError(f"{label} (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
         return result.stdout
 
     def upgrade_argv(self, release: HelmRelease, values_file: str, description: str, install: bool) -> list[str]:

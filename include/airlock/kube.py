@@ -104,12 +104,17 @@ class Kube:
         api = (config.new_client_from_config_dict(kubeconfig) if isinstance(kubeconfig, dict)
                else config.new_client_from_config(config_file=kubeconfig))
         self.apps, self.batch, self.core = client.AppsV1Api(api), client.BatchV1Api(api), client.CoreV1Api(api)
+        self.autoscaling = client.AutoscalingV1Api(api)
         self.errors = client.exceptions.ApiException
 
-    def _call(self, what: str, call, *args, **kwargs):
+    def _call(self, what: str, call, *args, ignore: tuple[int, ...] = (), **kwargs):
+        """The call's result; None for a status in `ignore` (404 on a delete, 409 on a create that a
+        retry finds done); any other API error as a KubeError that says what was being done."""
         try:
             return call(*args, **kwargs)
         except self.errors as error:
+            if error.status in ignore:
+                return None
             raise KubeError(f"{what}: HTTP {error.status} {error.reason}: {(error.body or '')[:300]}") from None
 
     # -- deployments ---------------------------------------------------------------------------
@@ -148,16 +153,35 @@ class Kube:
         self._call(f"switch service {namespace}/{service}", self.core.patch_namespaced_service, service, namespace,
                    {"spec": {"selector": selector}})
 
+    # -- autoscalers ---------------------------------------------------------------------------
+    def autoscalers(self, namespace: str, deployment: str) -> list[dict]:
+        """The HorizontalPodAutoscalers that scale the Deployment, as manifests to create them again."""
+        found = self._call(f"list horizontalpodautoscalers in {namespace}",
+                           self.autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace).items
+        api = self.autoscaling.api_client
+        return [{"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                 "metadata": {"name": hpa.metadata.name, "labels": hpa.metadata.labels or {},
+                              "annotations": hpa.metadata.annotations or {}},
+                 "spec": api.sanitize_for_serialization(hpa.spec)}
+                for hpa in found if (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) ==
+                ("Deployment", deployment)]
+
+    def delete_autoscaler(self, namespace: str, name: str) -> None:
+        self._call(f"delete horizontalpodautoscaler {namespace}/{name}",
+                   self.autoscaling.delete_namespaced_horizontal_pod_autoscaler, name, namespace, ignore=(404,))
+
+    def ensure_autoscaler(self, namespace: str, manifest: dict) -> bool:
+        """Create the HPA unless it exists (the chart put it back); True when it was created here."""
+        return self._call(f"create horizontalpodautoscaler {namespace}/{manifest['metadata']['name']}",
+                          self.autoscaling.create_namespaced_horizontal_pod_autoscaler, namespace, manifest,
+                          ignore=(409,)) is not None
+
     # -- jobs ----------------------------------------------------------------------------------
     def create_job(self, namespace: str, manifest: dict) -> str:
         """Create the Job unless one of that name exists already (a retried task); return its name."""
         name = manifest["metadata"]["name"]
-        try:
-            self.batch.create_namespaced_job(namespace, manifest)
-        except self.errors as error:
-            if error.status != 409:
-                raise KubeError(f"create job {namespace}/{name}: HTTP {error.status}: {(error.body or '')[:300]}") \
-                    from None
+        self._call(f"create job {namespace}/{name}", self.batch.create_namespaced_job, namespace, manifest,
+                   ignore=(409,))
         return name
 
     def job_state(self, namespace: str, name: str) -> str:
@@ -178,12 +202,8 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and its pods (a migration must not go on writing while a backup is restored)."""
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
-        except self.errors as error:
-            if error.status != 404:
-                raise KubeError(f"delete job {namespace}/{name}: HTTP {error.status}: {(error.body or '')[:300]}") \
-                    from None
+        self._call(f"delete job {namespace}/{name}", self.batch.delete_namespaced_job, name, namespace,
+                   propagation_policy="Foreground", ignore=(404,))
 
     def job_exists(self, namespace: str, name: str) -> bool:
         try:
@@ -205,7 +225,13 @@ class Kube:
         texts = []
         for pod in pods:
             try:
-                texts.append(self.core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=lines))
+                texts.append(self.pod_log(namespace, pod.metadata.name, lines))
             except self.errors as error:
                 texts.append(f"(no log from pod {pod.metadata.name}: HTTP {error.status})")
         return "\n".join(texts) or f"(job {name} has no pods with logs)"
+
+    def pod_log(self, namespace: str, pod: str, lines: int) -> str:
+        """The log as text: the body read raw and decoded here (the kubernetes client we pin, 36,
+        decodes it as `str(bytes)`, one line "b'...'")."""
+        response = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False)
+        return response.data.decode("utf-8", errors="replace")

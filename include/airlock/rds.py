@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 
 from botocore.exceptions import ClientError
+
+from airlock.waits import Wait, Waiting
 
 
 class RdsError(RuntimeError):
@@ -39,9 +40,20 @@ def client_for(aws_conn_id: str):
     return RdsHook(aws_conn_id=aws_conn_id).conn
 
 
+def instance_check(aws_conn_id: str, instance_id: str) -> dict:
+    """Done when the RDS instance exists and is available (polled in the triggerer)."""
+    found = RdsSnapshots.connect(aws_conn_id, instance_id).instance(instance_id)
+    status = found["DBInstanceStatus"] if found else "missing"
+    return {"done": status == "available", "status": status}
+
+
 class RdsSnapshots:
-    def __init__(self, client, instance_id: str):
-        self.client, self.instance_id = client, instance_id
+    def __init__(self, client, instance_id: str, aws_conn_id: str):
+        self.client, self.instance_id, self.aws_conn_id = client, instance_id, aws_conn_id
+
+    @classmethod
+    def connect(cls, aws_conn_id: str, instance_id: str) -> RdsSnapshots:
+        return cls(client_for(aws_conn_id), instance_id, aws_conn_id)
 
     def call(self, what: str, method, **kwargs):
         try:
@@ -77,16 +89,11 @@ class RdsSnapshots:
                 return None
             raise RdsError(f"RDS describe of instance {instance_id} failed: {error}") from None
 
-    def wait_available(self, instance_id: str, timeout: float, interval: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.instance(instance_id)
-            if found and found["DBInstanceStatus"] == "available":
-                return
-            if time.monotonic() > deadline:
-                state = found["DBInstanceStatus"] if found else "missing"
-                raise RdsError(f"RDS instance {instance_id} not available after {timeout:.0f} s (now {state})")
-            time.sleep(interval)
+    def available(self, instance_id: str, timeout: float, interval: float) -> Wait:
+        """Until the instance exists and is available (a restore or a rename takes minutes to hours)."""
+        return Wait(what=f"RDS instance {instance_id} available", check="airlock.rds:instance_check",
+                    kwargs={"aws_conn_id": self.aws_conn_id, "instance_id": instance_id},
+                    timeout_seconds=timeout, poll_interval=interval)
 
     def restore_settings(self) -> dict:
         """What the restored instance must share with the original so clients and operations see the
@@ -109,21 +116,22 @@ class RdsSnapshots:
         }
         return {key: value for key, value in settings.items() if value not in (None, [])}
 
-    def restore_and_swap(self, snapshot_id: str, suffix: str, timeout: float = 3600, interval: float = 15) -> dict:
-        """Restore the snapshot into a new instance like the original and give it the original name.
-        Idempotent: a rerun after a partial swap continues where the last one stopped."""
+    def restore_and_swap(self, snapshot_id: str, suffix: str, timeout: float = 3600, interval: float = 15) -> Waiting:
+        """Restore the snapshot into a new instance like the original and give it the original name,
+        each wait for an instance handed to the triggerer. Idempotent: a rerun (after a wait, or a
+        partial swap) continues where the last one stopped."""
         restored, aside = (instance_name(self.instance_id, role, suffix) for role in ("restored", "failed"))
         if self.instance(aside) is None:  # not swapped yet
             if self.instance(restored) is None:
                 self.call(f"restore of {snapshot_id}", self.client.restore_db_instance_from_db_snapshot,
                           DBInstanceIdentifier=restored, DBSnapshotIdentifier=snapshot_id,
                           **self.restore_settings())
-            self.wait_available(restored, timeout, interval)
+            yield self.available(restored, timeout, interval)
             self.call(f"rename of {self.instance_id}", self.client.modify_db_instance,
                       DBInstanceIdentifier=self.instance_id, NewDBInstanceIdentifier=aside, ApplyImmediately=True)
-            self.wait_available(aside, timeout, interval)
+            yield self.available(aside, timeout, interval)
         if self.instance(restored) is not None:
             self.call(f"rename of {restored}", self.client.modify_db_instance, DBInstanceIdentifier=restored,
                       NewDBInstanceIdentifier=self.instance_id, ApplyImmediately=True)
-        self.wait_available(self.instance_id, timeout, interval)
+        yield self.available(self.instance_id, timeout, interval)
         return {"instance": self.instance_id, "from_snapshot": snapshot_id, "migrated_instance_kept_as": aside}

@@ -36,3 +36,9 @@ def load_class(table: dict[str, str], name: str) -> Any:
     """Import the class registered under `name`."""
     module, _, attribute = table[name].partition(":")
     return getattr(import_module(module), attribute)
+
+
+def platform_key(adapter: object) -> str:
+    """The name `adapter`'s class is registered under (for a check that builds its own adapter)."""
+    path = f"{type(adapter).__module__}:{type(adapter).__name__}"
+    return next(name for name, registered in PLATFORMS.items() if registered == path)

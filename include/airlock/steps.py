@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 
+from airlock import upgrade_log
+from airlock.artifacts.base import ArtifactError, compare_artifacts, lost_artifacts, restore_artifacts
 from airlock.backups import (
     BackupError,
     apply_retention,
@@ -24,17 +27,24 @@ from airlock.backups import (
     take_backup,
     verify_backup,
 )
-from airlock.clients import FAILING, judge_file
+from airlock.clients import FAILING, judge_file, out_of_sync
 from airlock.config import TargetConfig
+from airlock.config_operations import MaintenanceConfig
 from airlock.databases.base import TableStats
 from airlock.drivers.process import DriverError
 from airlock.environment import Environment, shared_databases
 from airlock.http import answers
+from airlock.migrated_data import compare_migrated, listed
 from airlock.platforms.base import PlatformAdapter
-from airlock.rds import RdsSnapshots, client_for, snapshot_id_for
+from airlock.rds import RdsSnapshots, snapshot_id_for
+from airlock.release_notes import hop_notes
+from airlock.releases import published_versions
+from airlock.resolution import Resolution, check_team_files
 from airlock.signing import SigningError
-from airlock.stores.base import VERIFICATION, BackupStore
-from airlock.versions import PlanError, check_requested, parse_version, plan_upgrade
+from airlock.stores.base import FINGERPRINT, VERIFICATION, BackupStore
+from airlock.versions import LATEST_PATCH, PlanError, check_requested, parse_version, plan_upgrade
+from airlock.waits import Waiting, run_waits, waits_of
+from airlock.windows import WindowError, expected_duration, next_slot
 
 PREPARE, FINAL, POST_UPGRADE = "prepare", "final", "post-upgrade"
 log = logging.getLogger("airlock.steps")
@@ -57,10 +67,11 @@ def run_marker(store: BackupStore, run_id: str) -> dict | None:
 
 # -- preflight ----------------------------------------------------------------------------------
 def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id: str,
-             others: list[TargetConfig] = ()) -> dict:
+             others: list[TargetConfig] = (), scheduled: bool = False) -> dict:
     """Check the trigger's params, that no environment shares its database with another one, and
-    that no other upgrade left an environment half-done."""
-    requested = check_requested(params.get("target_version"))
+    that no other upgrade left an environment half-done. A scheduled run applies the newest patch
+    release (auto_upgrade: patch), whatever the params' defaults say."""
+    requested = LATEST_PATCH if scheduled else check_requested(params.get("target_version"))
     shared = shared_databases(target, [other for other in others if other.name != target.name])
     if shared:
         raise UpgradeError("refusing to upgrade: two environments reach the same database, so one upgrade would "
@@ -78,7 +89,8 @@ def validate(target: TargetConfig, envs: list[Environment], params: dict, run_id
                 "Roll it back by clearing that run's rollback task, or, once you have checked the server "
                 "by hand, delete the marker file."
             )
-    return {"target": target.name, "requested": requested, "platform": target.platform, "logins": logins}
+    return {"target": target.name, "requested": requested, "platform": target.platform, "logins": logins,
+            "trigger": "schedule" if scheduled else "manual"}
 
 
 def check_signing_key(env: Environment) -> None:
@@ -92,7 +104,7 @@ def check_signing_key(env: Environment) -> None:
 
 def plan(target: TargetConfig, staging: Environment, production: Environment, requested: str) -> dict:
     """Decide from → to for both environments, refusing what the policy forbids."""
-    published = production.adapter.published_versions()
+    published = published_versions(target.releases, production.adapter)
     versions = {env.name: env.adapter.server_version() for env in (staging, production)}
     plans = {name: plan_upgrade(current, requested, published, platform=target.platform,
                                 allow_minor_skips=target.allow_minor_skips,
@@ -102,7 +114,8 @@ def plan(target: TargetConfig, staging: Environment, production: Environment, re
     if plans["staging"].target != goal or (versions["staging"] not in (versions["production"], goal)):
         raise PlanError(f"staging runs {versions['staging']} and production {versions['production']}: "
                         f"staging must run the same version as production (or already {goal})")
-    return {"from": versions["production"], "to": goal,
+    return {"from": versions["production"], "to": goal, "release_source": target.releases.describe(),
+            "release_notes": hop_notes(target.platform, published, versions["production"], goal, target.release_notes),
             **{name: p.to_dict() for name, p in plans.items()}}
 
 
@@ -118,7 +131,8 @@ def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id:
     if not is_verified(env.store, backup_id):
         meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
                 "platform": env.target.platform, "platform_version": version}
-        take_backup(env.database, env.store, backup_id, meta, env.driver.configuration())
+        take_backup(env.database, env.store, backup_id, meta, env.driver.configuration(),
+                    env.artifacts if purpose != POST_UPGRADE else None)  # artifacts added since stay in place
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
     return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,
@@ -141,21 +155,32 @@ def prepare_versions(env: Environment, plan_: dict) -> dict:
 
 
 def client_compatibility(target: TargetConfig, adapter: PlatformAdapter, plan_: dict) -> dict:
-    """Per requirement/lock file of the target: do the pinned clients work with the new server?"""
+    """Per requirement/lock file of the target: do the pinned clients work with the new server, does
+    the team's Python run the new client, and do its requirements still resolve with it?"""
     server = plan_["to"]
-    verdicts = [judge_file(path, adapter.package, server, adapter.client_problem)
-                for path in target.compatibility.client_files]
-    failing = [verdict for verdict in verdicts if verdict.status in FAILING]
+    files = target.compatibility.client_files
+    verdicts = [judge_file(path, adapter.package, server, adapter.client_problem) for path in files]
+    resolutions = (check_team_files(files, adapter.package, server) if target.compatibility.resolve
+                   else [Resolution.skipped(path) for path in files])
+    failing = [(v.file, v.detail) for v in verdicts if v.status in FAILING] + out_of_sync(verdicts) + [
+        (r.file, detail) for r in resolutions for detail in r.failures()]
     old_clients = adapter.client_problem(parse_version(plan_["from"]), parse_version(server))
-    for verdict in verdicts:
+    for verdict, resolution in zip(verdicts, resolutions, strict=True):
         level = logging.WARNING if verdict.status in (*FAILING, "unpinned") else logging.INFO
         log.log(level, "%s: %s: %s", verdict.file, verdict.status, verdict.detail)
+        for check in ("python", "dependencies"):
+            said = getattr(resolution, check)
+            log.log(logging.INFO if said["status"] in ("compatible", "resolves") else logging.WARNING,
+                    "%s: %s %s: %s", verdict.file, check, said["status"], said["detail"])
     result = {"server_version": server, "rule": f"{adapter.name} clients: {adapter.client_rule}",
               "old_clients": old_clients or f"{adapter.name} {plan_['from']} clients keep working",
-              "files": [verdict.to_dict() for verdict in verdicts], "incompatible": len(failing),
+              "files": [{**verdict.to_dict(), "python": resolution.python, "dependencies": resolution.dependencies}
+                        for verdict, resolution in zip(verdicts, resolutions, strict=True)],
+              "out_of_sync": [f"{file}: {detail}" for file, detail in out_of_sync(verdicts)],
+              "incompatible": len({file for file, _ in failing}),
               "on_incompatible": target.compatibility.on_incompatible}
     if failing and target.compatibility.on_incompatible == "fail":
-        listing = "\n  - ".join(f"{v.file}: {v.detail}" for v in failing)
+        listing = "\n  - ".join(f"{file}: {detail}" for file, detail in failing)
         raise UpgradeError(f"{len(failing)} client file(s) do not work with {adapter.name} {server} "
                            f"({adapter.client_rule}); nothing was touched. Fix the pins, or set "
                            f"compatibility.on_incompatible: warn for {target.name}:\n  - {listing}")
@@ -194,6 +219,33 @@ def rehearse_migration(env: Environment, run_id: str, plan_: dict) -> dict:
             "verify_seconds": verification.get("seconds", 0.0)}
 
 
+# -- maintenance window --------------------------------------------------------------------------
+def expected_upgrade(target: TargetConfig, environment: str, log_place) -> tuple[timedelta, str]:
+    """How long the environment's upgrade is expected to take: the median of its past upgrades in the
+    log, else the maintenance settings' expected_minutes (60 without any)."""
+    maintenance = target.environment(environment).maintenance
+    past = upgrade_log.past_upgrade_seconds(upgrade_log.read(log_place), target.name, environment)
+    return expected_duration(past, (maintenance or MaintenanceConfig(())).expected_minutes)
+
+
+def maintenance_slot(target: TargetConfig, environment: str, log_place, now: datetime, override: str,
+                     who: str) -> dict:
+    """When the environment's upgrade may start: now inside a window it fits in, else the opening of
+    the next such window; now, whatever the windows, with an operator's override (who and why kept)."""
+    maintenance = target.environment(environment).maintenance
+    found = {"environment": environment, "windows": [w.describe() for w in maintenance.windows]}
+    if override.strip():
+        log.warning("%s: going outside the maintenance windows, as %s asked: %s", environment, who, override)
+        return {**found, "starts": now.isoformat(timespec="seconds"), "override": {"by": who, "reason": override}}
+    expected, basis = expected_upgrade(target, environment, log_place)
+    try:
+        slot = next_slot(maintenance.windows, now, expected)
+    except WindowError as error:
+        raise UpgradeError(f"{environment}: {error}. Nothing was touched.") from None
+    return {**found, **slot.to_dict(), "expected_minutes": round(expected.total_seconds() / 60, 1),
+            "expected_from": basis}
+
+
 # -- drain decision -----------------------------------------------------------------------------
 def answered_by(decision: dict | None) -> str:
     user = (decision or {}).get("responded_by_user") or {}
@@ -220,8 +272,9 @@ def abort_upgrade(environment: str, decision_timeout_minutes: float, drained: di
 
 
 # -- the upgrade of one environment -------------------------------------------------------------
-def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
-    """Fingerprint the data, record the marker, stop the server. Refuses without a verified backup."""
+def freeze(env: Environment, run_id: str, plan_: dict) -> Waiting:
+    """Fingerprint the data, record the marker, stop the server (waiting for it in the triggerer).
+    Refuses without a verified backup. A rerun finds the marker and stops again (idempotent)."""
     env_plan = plan_[env.name]
     if env_plan["change"] == "none":
         return {"skipped": f"{env.name} already runs {env_plan['target']}"}
@@ -235,7 +288,7 @@ def freeze(env: Environment, run_id: str, plan_: dict) -> dict:
                   "attempt": next_attempt(env.store, env.name, run_id), "deployment": env.driver.snapshot()}
     marker["last_answered_at"] = now_iso() if env.adapter.is_healthy() else marker.get("last_answered_at")
     env.store.mark_in_progress(marker)
-    stopped = env.driver.stop()
+    stopped = yield from waits_of(env.driver.stop(marker.get("deployment")))
     marker.setdefault("stopped_at", now_iso())
     env.store.mark_in_progress(marker)
     return {"fingerprint": marker["fingerprint"], "stop": stopped, "stopped_at": marker["stopped_at"],
@@ -300,6 +353,8 @@ def final_backup(env: Environment, run_id: str) -> dict:
                            f"({REFINGERPRINT_ROUNDS} rounds); the old version is stopped and nothing was migrated. "
                            "Find what still writes after the drain, then clear this task.")
     marker["final_backup_id"] = result["backup_id"]
+    env.store.write_json(final_id, FINGERPRINT, {"fingerprint": marker["fingerprint"], "run_id": run_id,
+                                                 "version": marker["from_version"]})
     env.store.mark_in_progress(marker)
     return {**result, "fingerprint_describes_backup": True}
 
@@ -320,7 +375,8 @@ def refingerprint(env: Environment, marker: dict, final_id: str, changed: list[s
     (Nothing is migrated yet, so the old version may serve.)"""
     log.warning("%s: written after the fingerprint and before the stop: %s; taking the fingerprint again",
                 env.name, ", ".join(changed))
-    env.driver.restore(marker["from_version"], marker.get("deployment") or {})
+    # A rare path inside the backup step (not resumable there): its two waits run in the task.
+    run_waits(env.driver.restore(marker["from_version"], marker.get("deployment") or {}))
     try:
         fingerprint, tables = steady_fingerprint(env)
     except UpgradeError:
@@ -332,13 +388,13 @@ def refingerprint(env: Environment, marker: dict, final_id: str, changed: list[s
             "then trigger the upgrade again (clearing this task would find nothing to do).") from None
     marker.update(fingerprint=fingerprint.to_dict(), fingerprint_tables=tables)
     env.store.mark_in_progress(marker)
-    env.driver.stop()
+    run_waits(env.driver.stop(marker.get("deployment")))
     env.store.delete(final_id)
 
 
 def rds_snapshots(env: Environment) -> RdsSnapshots:
     rds = env.config.database.rds
-    return RdsSnapshots(client_for(rds.aws_conn_id), rds.instance_id)
+    return RdsSnapshots.connect(rds.aws_conn_id, rds.instance_id)
 
 
 def rds_snapshot(env: Environment, run_id: str) -> dict:
@@ -372,7 +428,7 @@ def migrate(env: Environment, run_id: str) -> dict:
     return {"to_version": version, **env.driver.launch_migration(version, marker.get("attempt", 1))}
 
 
-def start(env: Environment, run_id: str) -> dict:
+def start(env: Environment, run_id: str) -> Waiting:
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
@@ -381,12 +437,12 @@ def start(env: Environment, run_id: str) -> dict:
         # ZenML and MLflow 3 migrate an old schema by themselves when the new version starts.
         raise UpgradeError(f"refusing to start {env.adapter.name} {marker['to_version']} on {env.name}: no verified "
                            "backup taken after the server stopped (a new version may migrate the database at start)")
-    return env.driver.launch(marker["to_version"])
+    return (yield from waits_of(env.driver.launch(marker["to_version"], marker.get("deployment") or {})))
 
 
-def switch(env: Environment, plan_: dict) -> dict:
+def switch(env: Environment, plan_: dict) -> Waiting:
     """Blue-green: the Service moves to the new release only once it answers with the new version."""
-    return env.driver.switch(plan_[env.name]["target"])
+    return (yield from env.driver.switch(plan_[env.name]["target"]))
 
 
 def check_health(env: Environment, plan_: dict) -> dict:
@@ -430,6 +486,39 @@ def follow_ups(env: Environment, plan_: dict) -> dict:
     return {"environment": env.name, **result}
 
 
+def verify_migrated_data(env: Environment, run_id: str) -> dict:
+    """After the migration, before the new server starts (and writes; where a chart's hook migrates
+    at the start, right after it, with the tables the server writes itself counted by rows): the
+    database against the final backup over the columns both schemas share, by the database's own
+    checksums (one pass per table), so it describes exactly the data the backup holds."""
+    marker = marker_of_run(env, run_id)
+    if marker is None or not marker.get("migration_started"):
+        return {"skipped": f"{env.name} was not migrated by this run"}
+    final_id = marker["final_backup_id"]
+    manifest = read_manifest(env.store, final_id)
+    before_columns = manifest.facts.get("columns")
+    if not before_columns:
+        return {"skipped": f"backup {final_id} records no columns (an older Airlock took it): the data is compared "
+                           "through the server's API only"}
+    started = time.monotonic()
+    now, now_columns, problems = compare_migrated(env.database, manifest.tables, before_columns,
+                                                  env.adapter.migration_rewrites + env.adapter.self_written_tables)
+    if problems:
+        raise UpgradeError(f"{env.name}: the migration to {marker['to_version']} lost or changed data of the final "
+                           f"backup {final_id}: {listed(problems)}. {started_or_not(env)}; the rollback restores that "
+                           "backup.")
+    return {"final_backup_id": final_id, "tables": len(now), "rows": sum(int(t["rows"]) for t in now.values()),
+            "new_tables": sorted(set(now_columns) - set(before_columns)), "equal_to_final_backup": True,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def started_or_not(env: Environment) -> str:
+    """For on-call: whether the new server already runs when the migrated data is checked."""
+    if env.config.driver.migrates_at_start:
+        return "The new server already runs (the chart's hook migrated inside helm upgrade)"
+    return "The new server was not started"
+
+
 def verify_fingerprint(env: Environment, run_id: str) -> dict:
     """The data read through the new server equals the data before the upgrade."""
     marker = marker_of_run(env, run_id)
@@ -443,37 +532,23 @@ def verify_fingerprint(env: Environment, run_id: str) -> dict:
     return {"fingerprint": after, "equal_to_pre_upgrade": True}
 
 
-def watch(env: Environment, plan_: dict, seconds: float) -> dict:
-    """Check health and version for `seconds` after the upgrade, judging over a window: a failure
-    streak is a verdict only once it has lasted the target's `watch.consecutive_failures` checks and
-    `watch.unhealthy_seconds` (a pod restarting is not a failed upgrade). A streak still open when
-    the time is up is watched until it recovers or becomes a verdict."""
-    settings = env.target.watch
-    deadline = time.monotonic() + seconds
-    checks, failures, streak_started, recovered = 0, 0, None, []
-    while True:
-        checks += 1
-        try:
-            check_health(env, plan_)
-            if streak_started is not None:
-                recovered.append(round(time.monotonic() - streak_started, 1))
-                log.warning("%s recovered after %.1f s unhealthy: not a verdict", env.name, recovered[-1])
-            failures, streak_started = 0, None
-        except Exception as error:
-            failures += 1
-            streak_started = streak_started or time.monotonic()
-            unhealthy_for = time.monotonic() - streak_started
-            log.warning("%s check %d failed (%d in a row, %.1f s unhealthy): %s", env.name, checks, failures,
-                        unhealthy_for, error)
-            if failures >= settings.consecutive_failures and unhealthy_for >= settings.unhealthy_seconds:
-                raise UpgradeError(
-                    f"{env.name} has been unhealthy for {unhealthy_for:.0f} s ({failures} failed checks in a row) "
-                    f"after the upgrade to {plan_[env.name]['target']}: {error}. The rollback path takes over: a "
-                    "server that still answers is not rolled back without asking you (conclude.rollback_decision)"
-                ) from None
-        if time.monotonic() >= deadline and streak_started is None:
-            return {"checks": checks, "seconds": seconds, "recovered_after_seconds": recovered}
-        time.sleep(settings.interval_seconds)
+def verify_artifact_store(env: Environment, run_id: str) -> dict:
+    """No artifact the upgrade deleted or changed: the artifact store against the final backup's
+    inventory (artifacts added since are counted, not judged)."""
+    marker = marker_of_run(env, run_id)
+    if marker is None or env.artifacts is None:
+        return {"skipped": f"{env.name} is not being upgraded by this run" if marker is None
+                else f"{env.name} has no artifacts store configured"}
+    try:
+        compared = compare_artifacts(env.artifacts, env.store, marker["final_backup_id"])
+    except ArtifactError as error:
+        raise UpgradeError(f"{env.name}: the artifact store could not be checked against the final backup: {error}. "
+                           "The new version serves; fix that and clear this task to check again.") from None
+    if lost := lost_artifacts(compared):
+        raise UpgradeError(f"{env.name}: the upgrade deleted or changed artifacts of {env.artifacts.location}: {lost}. "
+                           f"A rollback puts them back from backup {marker['final_backup_id']} (artifacts written "
+                           "since stay).")
+    return compared
 
 
 def assess_rollback(env: Environment, run_id: str) -> dict:
@@ -533,56 +608,99 @@ def retention(envs: list[Environment]) -> dict:
     return {env.name: apply_retention(env.store, backup.keep_last, backup.keep_days) for env in envs}
 
 
-def rollback(env: Environment, run_id: str) -> dict:
-    """Old release and pre-upgrade database back, proven equal to what was there before."""
+def rollback(env: Environment, run_id: str) -> Waiting:
+    """Old release and pre-upgrade database back, proven equal to what was there before. Its waits
+    (the server stopping, an RDS restore, the old release rolling out and answering) go to the
+    triggerer; the marker records when the database is back, so the run after a wait (or a retry)
+    goes on from there instead of restoring again."""
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"rolled_back": False, "reason": f"{env.name} was not touched by this run"}
     started = time.monotonic()
-    env.driver.stop()
+    if "rollback_database" not in marker:
+        yield from waits_of(env.driver.stop(marker.get("deployment")))
+        try:
+            kept = keep_post_upgrade_data(env, run_id, marker)
+        except Exception as error:
+            raise UpgradeError(f"{env.name}: NOTHING was restored: the database as the new version left it could not "
+                               f"be backed up first ({error}). The server is stopped. Fix that and clear this task; to "
+                               f"roll back without keeping what was written since the upgrade, restore "
+                               f"{marker.get('final_backup_id')} by hand.") from None
+        restored = yield from restore_database(env, run_id, marker)
+        marker["rollback_database"] = {"restored": restored, "post_upgrade_backup": kept}
+        env.store.mark_in_progress(marker)
+    restored, kept = marker["rollback_database"]["restored"], marker["rollback_database"]["post_upgrade_backup"]
+    if "rollback_release" not in marker:
+        marker["rollback_release"] = yield from start_old_release(env, marker)
+        env.store.mark_in_progress(marker)
+    put_back = restore_artifact_store(env, marker)  # after the start: a store that fails leaves the server serving
+    env.store.clear_in_progress(run_id)
+    return {"rolled_back": True, "restored": restored, **marker["rollback_release"], "post_upgrade_backup": kept,
+            "artifacts": put_back, "seconds": round(time.monotonic() - started, 3)}
+
+
+def start_old_release(env: Environment, marker: dict) -> Waiting:
+    """The release that ran before, serving the restored database, proven by version and fingerprint."""
+    yield from waits_of(env.driver.restore(marker["from_version"], marker.get("deployment") or {}))
+    served = env.adapter.server_version()
+    after = env.adapter.fingerprint().to_dict()
+    expected = (marker.get("fingerprint") or {}).get("digest")  # none for a set taken without one
+    if served != marker["from_version"] or after["digest"] != (expected or after["digest"]):
+        raise UpgradeError(
+            f"{env.name}: after rollback the server runs {served} with fingerprint {after['digest'][:12]}, "
+            f"expected {marker['from_version']} and {(expected or '(not recorded)')[:12]}; marker kept at "
+            f"{env.store.marker_path()}")
+    return {"version": served, "healthy_at": now_iso(),
+            "fingerprint_equal": True if expected else "not recorded for this set (its tables' checksums were "
+                                                       "proven equal at the restore)"}
+
+
+def restore_artifact_store(env: Environment, marker: dict) -> dict | None:
+    """The artifacts the final backup inventoried, back as they were (repeatable: only what differs
+    is put back); None without an artifact store or a final backup."""
+    final_id = marker.get("final_backup_id")
+    if env.artifacts is None or not final_id:
+        return None
     try:
-        kept = keep_post_upgrade_data(env, run_id, marker)
-    except Exception as error:
-        raise UpgradeError(f"{env.name}: NOTHING was restored: the database as the new version left it could not be "
-                           f"backed up first ({error}). The server is stopped. Fix that and clear this task; to roll "
-                           f"back without keeping what was written since the upgrade, restore "
-                           f"{marker.get('final_backup_id')} by hand.") from None
-    restored = None
+        return restore_artifacts(env.artifacts, env.store, final_id)
+    except ArtifactError as error:
+        raise UpgradeError(f"{env.name}: {marker['from_version']} serves again on the restored database, but the "
+                           f"artifact store is not restored: {error}. Fix that and clear this task: only the "
+                           "artifacts are restored then.") from None
+
+
+def restore_database(env: Environment, run_id: str, marker: dict) -> Waiting:
+    """The database as it was before the migration: the RDS snapshot (restored into a new instance
+    that takes the original's name) or the final backup; nothing when the migration never started."""
     rds = env.config.database.rds
     if marker.get("migration_started") and rds and rds.rollback == "snapshot":
         suffix = run_slug(run_id).lower()[-40:].strip("-")
-        restored = rds_snapshots(env).restore_and_swap(marker["rds_snapshot_id"], suffix)
-    elif marker.get("migration_started"):
-        final_id = marker.get("final_backup_id")
-        if not final_id:
-            raise BackupError(f"{env.name}: migration started without a final backup; restore by hand "
-                              f"from {marker['prepare_backup_id']}")
-        restored = restore_backup(env.database, env.store, final_id)
-    env.driver.restore(marker["from_version"], marker.get("deployment") or {})
-    served = env.adapter.server_version()
-    after = env.adapter.fingerprint().to_dict()
-    if served != marker["from_version"] or after["digest"] != marker["fingerprint"]["digest"]:
-        raise UpgradeError(
-            f"{env.name}: after rollback the server runs {served} with fingerprint {after['digest'][:12]}, "
-            f"expected {marker['from_version']} and {marker['fingerprint']['digest'][:12]}; marker kept at "
-            f"{env.store.marker_path()}")
-    env.store.clear_in_progress(run_id)
-    return {"rolled_back": True, "version": served, "restored": restored, "fingerprint_equal": True,
-            "post_upgrade_backup": kept, "healthy_at": now_iso(), "seconds": round(time.monotonic() - started, 3)}
+        return (yield from rds_snapshots(env).restore_and_swap(marker["rds_snapshot_id"], suffix))
+    if not marker.get("migration_started"):
+        return None
+    final_id = marker.get("final_backup_id")
+    if not final_id:
+        raise BackupError(f"{env.name}: migration started without a final backup; restore by hand "
+                          f"from {marker['prepare_backup_id']}")
+    return restore_backup(env.database, env.store, final_id)
 
 
 def keep_post_upgrade_data(env: Environment, run_id: str, marker: dict) -> dict | None:
     """Before a database that has served the new version is restored over, back it up as it is (the
-    "post-upgrade" set): what was written since the upgrade is kept, and the report names it."""
+    "post-upgrade" set): what was written since the upgrade is kept, and the report names it. Taken
+    once per rollback: a later try finds it in the marker (the database may be half-restored by then)."""
     if not marker.get("migration_started"):
         return None
+    if marker.get("post_upgrade"):
+        return marker["post_upgrade"]
     backup_id = f"{backup_id_for(env.name, POST_UPGRADE, run_id)}--a{marker.get('attempt', 1)}"
     result = backup(env, POST_UPGRADE, run_id, marker["to_version"], backup_id=backup_id)
     final = read_manifest(env.store, marker["final_backup_id"]).tables if marker.get("final_backup_id") else {}
     written = written_since(users_data(env, final), users_data(env, read_manifest(env.store, backup_id).tables))
-    marker["post_upgrade_backup_id"] = backup_id
+    kept = {"backup_id": backup_id, "location": result["location"], "written_since_upgrade": written}
+    marker.update(post_upgrade_backup_id=backup_id, post_upgrade=kept)
     env.store.mark_in_progress(marker)
     log.warning("%s: the database as the new version left it is kept in %s (%s); tables changed since the "
                 "upgrade: %s", env.name, backup_id, result["location"],
                 ", ".join(f"{t['table']} {t['rows_before']}→{t['rows_now']}" for t in written) or "none")
-    return {"backup_id": backup_id, "location": result["location"], "written_since_upgrade": written}
+    return kept

@@ -14,8 +14,9 @@ from typing import Protocol
 
 JSONL = "upgrade-log.jsonl"
 MARKDOWN = "upgrade-log.md"
-PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
+PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat", "window",
           "production_upgrade", "conclude")
+WINDOW_TASKS = {"staging": "staging_upgrade.window", "production": "window.production"}
 
 
 def seconds_between(start_iso: str | None, end_iso: str | None) -> float | None:
@@ -92,6 +93,8 @@ def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
 
 def approver_of(gate: dict) -> str | None:
     """Who answered a gate; a gate that timed out took its default, answered by nobody."""
+    if gate.get("auto_approved"):
+        return f"auto-approved ({gate['auto_approved']})"
     if gate.get("chosen_options") and not gate.get("responded_by_user"):
         return "nobody (no answer before the timeout)"
     user = gate.get("responded_by_user") or {}
@@ -111,7 +114,43 @@ def build_record(target: str, run_id: str, started_at: str, results: dict[str, d
         "approver": approver_of(results.get("uat.approval") or {}),
         "phase_seconds": phase_seconds(results),
         "production_downtime_seconds": seconds_between(freeze.get("last_answered_at"), back_up),
+        "trigger": (results.get("preflight.validate") or {}).get("trigger", "manual"),
+        "windows": {env: results[task] for env, task in WINDOW_TASKS.items() if results.get(task)},
     }
+
+
+def rollback_record(target: str, run_id: str, started_at: str, plan: dict | None, decision: dict | None,
+                    rolled_back: dict | None, armed: dict | None) -> dict:
+    """The upgrade log's record of an on-call rollback (airlock_rollback__<target>)."""
+    plan, decision, rolled_back = plan or {}, decision or {}, rolled_back or {}
+    env, backup_id = plan.get("environment"), plan.get("backup_id")
+    if not plan:
+        outcome, detail = "failed", "the rollback's plan failed (see its log): nothing was touched"
+    elif decision.get("chosen_options") != ["Approve"]:
+        who = (decision.get("responded_by_user") or {}).get("name")
+        outcome, detail = "cancelled", (f"rejected by {who}" if who else "not confirmed (no answer before the "
+                                        "timeout)") + ": nothing was touched"
+    elif rolled_back.get("rolled_back"):
+        kept = (rolled_back.get("post_upgrade_backup") or {}).get("backup_id")
+        outcome, detail = "rolled_back", (f"{env} restored from {backup_id} and runs {rolled_back['version']}"
+                                          + (f"; the database as it was before is kept in {kept}" if kept else ""))
+    elif armed:
+        outcome, detail = "rollback_failed", (f"{env} is HALF-ROLLED-BACK (marker {armed['marker']}): see the "
+                                              "rollback task's log, then clear it")
+    else:
+        outcome, detail = "failed", "the rollback stopped before anything was touched; see the failed task's log"
+    return {"date": started_at, "target": target, "run_id": run_id, "kind": "rollback", "environment": env,
+            "from": plan.get("version_now"), "to": plan.get("restores_version"), "backup_id": backup_id,
+            "outcome": outcome, "detail": detail, "rolled_back": outcome == "rolled_back",
+            "approver": approver_of(decision) if decision else None, "phase_seconds": {},
+            "production_downtime_seconds": None}
+
+
+def past_upgrade_seconds(records: list[dict], target: str, environment: str) -> list[float]:
+    """How long each past upgrade of this target's environment took (its phase; the wait for its
+    maintenance window is not in it): what the next one is expected to take."""
+    return [seconds for record in records if record.get("target") == target
+            and (seconds := (record.get("phase_seconds") or {}).get(f"{environment}_upgrade"))]
 
 
 class LogPlace(Protocol):

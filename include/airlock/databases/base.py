@@ -32,6 +32,8 @@ StreamSink = Callable[[str, BinaryIO], None]
 StreamSource = Callable[[str], BinaryIO]
 TableStats = dict[str, dict[str, int | str]]
 """{table: {"rows": n, "checksum": "..."}}; the checksum does not depend on row order."""
+Columns = dict[str, list[str]]
+"""{table: [column, ...]} in the columns' order; recorded with each backup as facts["columns"]."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,14 @@ class Database(ABC):
         """Like load(), reading each file of a dump_stream() backup from `get(name)`."""
 
     @abstractmethod
-    def table_stats(self) -> TableStats: ...
+    def table_stats(self, columns: Columns | None = None) -> TableStats:
+        """Row count and an order-independent checksum per table. With `columns`, only those tables,
+        over only those columns in that order (over all of a table's columns in their order, the same
+        checksum as without): how a migrated database is compared with the backup taken before."""
+
+    @abstractmethod
+    def table_columns(self) -> Columns:
+        """Every table's columns, in their order."""
 
     @abstractmethod
     def scratch(self, label: str) -> Database:
@@ -102,6 +111,10 @@ class Database(ABC):
     def data_directory(self) -> Path | None:
         """Where the server keeps its files, when that is this machine's disk (for a space check)."""
         return None
+
+    def loads_from_files_only(self, facts: dict) -> bool:
+        """Whether a dump of these facts loads only from files (never streamed from an object store)."""
+        return False
 
     def restores_through_files(self, facts: dict) -> bool:
         """Whether a restore decompresses the set into temporary files first (directory formats)."""

@@ -26,6 +26,7 @@ from psycopg2 import sql
 from airlock.child_env import child_env
 from airlock.config import loopback_or
 from airlock.databases.base import (
+    Columns,
     Database,
     DatabaseError,
     ServerParams,
@@ -129,20 +130,38 @@ class PostgresDatabase(Database):
             conn, "SELECT schemaname, tablename FROM pg_tables "
                   "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2")]
 
-    def stats_with(self, conn) -> TableStats:
-        """Row count and the sum of a 32-bit hash of each row's text form, per table."""
+    def columns_with(self, conn) -> Columns:
+        tables, found = set(self.tables(conn)), {}
+        for schema, table, column in self.query(
+                conn, "SELECT table_schema, table_name, column_name FROM information_schema.columns WHERE "
+                      "table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, ordinal_position"):
+            if (schema, table) in tables:
+                found.setdefault(table if schema == "public" else f"{schema}.{table}", []).append(column)
+        return found
+
+    def stats_with(self, conn, columns: Columns | None = None) -> TableStats:
+        """Row count and the sum of a 32-bit hash of each row's text form, per table (over all its
+        columns: the row itself; over some: a ROW of them, which prints the same way)."""
         stats: TableStats = {}
         for schema, table in self.tables(conn):
-            rows, total = self.query(conn, sql.SQL(
-                "SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {}.{} AS t").format(
-                sql.Identifier(schema), sql.Identifier(table)))[0]
             name = table if schema == "public" else f"{schema}.{table}"
+            if columns is not None and name not in columns:
+                continue
+            row = sql.SQL("t") if columns is None else sql.SQL("ROW({})").format(
+                sql.SQL(",").join(sql.Identifier("t", column) for column in columns[name]))
+            rows, total = self.query(conn, sql.SQL(
+                "SELECT count(*), coalesce(sum(hashtext({}::text)::bigint), 0) FROM {}.{} AS t").format(
+                row, sql.Identifier(schema), sql.Identifier(table)))[0]
             stats[name] = {"rows": int(rows), "checksum": format(int(total) & (2**64 - 1), "x")}
         return stats
 
-    def table_stats(self) -> TableStats:
+    def table_stats(self, columns: Columns | None = None) -> TableStats:
         with self.connect() as conn:
-            return self.stats_with(conn)
+            return self.stats_with(conn, columns)
+
+    def table_columns(self) -> Columns:
+        with self.connect() as conn:
+            return self.columns_with(conn)
 
     def facts_with(self, conn) -> dict:
         schema = None
@@ -153,7 +172,8 @@ class PostgresDatabase(Database):
                               (self.params.database,))[0][0]
         return {"server_version": self.query(conn, "SHOW server_version")[0][0], "schema_version": schema,
                 "encoding": encoding, "tool": "pg_dump",
-                "disk_bytes": int(self.query(conn, "SELECT pg_database_size(%s)", (self.params.database,))[0][0])}
+                "disk_bytes": int(self.query(conn, "SELECT pg_database_size(%s)", (self.params.database,))[0][0]),
+                "columns": self.columns_with(conn)}
 
     def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
         out = directory / DUMP_DIR

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from airlock.child_env import child_env
 from airlock.databases.base import (
+    Columns,
     Database,
     DatabaseError,
     StreamSink,
@@ -30,14 +31,22 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def stats_of(path: Path) -> TableStats:
-    """Row count and order-independent checksum of every user table in a SQLite file."""
+def columns_of(path: Path) -> Columns:
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         tables = [row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {table: [row[1] for row in conn.execute(f"PRAGMA table_info({quote_identifier(table)})")]
+                for table in tables}
+
+
+def stats_of(path: Path, columns: Columns | None = None) -> TableStats:
+    """Row count and order-independent checksum of every user table in a SQLite file (or of the
+    tables and columns given)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         stats: TableStats = {}
-        for table in tables:
-            rows, checksum = row_checksum_sum(conn.execute(f"SELECT * FROM {quote_identifier(table)}"))
+        for table, names in (columns or columns_of(path)).items():
+            selected = ",".join(quote_identifier(name) for name in names)
+            rows, checksum = row_checksum_sum(conn.execute(f"SELECT {selected} FROM {quote_identifier(table)}"))
             stats[table] = {"rows": rows, "checksum": checksum}
         return stats
 
@@ -73,7 +82,7 @@ class SqliteDatabase(Database):
         with closing(sqlite3.connect(self.path)) as source, closing(sqlite3.connect(target)) as copy:
             source.backup(copy)
         return stats_of(target), {"server_version": sqlite3.sqlite_version,
-                                  "schema_version": schema_version_of(target)}
+                                  "schema_version": schema_version_of(target), "columns": columns_of(target)}
 
     def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
         snapshot = directory / "database.sqlite"
@@ -129,8 +138,11 @@ class SqliteDatabase(Database):
         assert isinstance(staging, SqliteDatabase)
         self.replace_with(staging.path)
 
-    def table_stats(self) -> TableStats:
-        return stats_of(self.path)
+    def table_stats(self, columns: Columns | None = None) -> TableStats:
+        return stats_of(self.path, columns)
+
+    def table_columns(self) -> Columns:
+        return columns_of(self.path)
 
     def scratch(self, label: str) -> SqliteDatabase:
         prefix = self.scratch_prefix(label).replace("_", "-")

@@ -31,7 +31,7 @@ TARGET = "mlflow_demo"
 DAG_ID = f"airlock_upgrade__{TARGET}"
 REPO = Path(__file__).resolve().parents[3]
 PORT = int(os.environ.get("AIRLOCK_DEMO_AIRFLOW_PORT", "8089"))
-PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat",
+PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat", "production_slot",
           "production_upgrade", "conclude")
 SIGNING_KEY_ENV = "AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY"
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
@@ -130,6 +130,20 @@ class AirflowApi:
         return request_json(method, f"{self.url}/api/v2{path}", body, headers=self.headers)
 
 
+def add_api_connection(api: AirflowApi, home: Path) -> None:
+    """The connection Airlock reaches Airflow's own API with (drain.airflow_api_conn_id), as an admin
+    adds it once per deployment: preflight makes sure of the production slot's pool through it."""
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    connection = {"connection_id": "airlock_airflow_api", "conn_type": "http", "host": "127.0.0.1", "port": PORT,
+                  "login": "admin", "password": password, "description": "Airlock → this Airflow's REST API"}
+    try:
+        api.call("POST", "/connections", connection)
+    except ServerError as error:
+        if error.status != 409:
+            raise
+        api.call("PATCH", "/connections/airlock_airflow_api", connection)
+
+
 def wait_for_dag(api: AirflowApi, dag_id: str = DAG_ID) -> None:
     """Until the DAG processor has parsed the DAG; then unpause it."""
     deadline = time.monotonic() + 180
@@ -203,6 +217,7 @@ def main() -> int:
         target, envs = prepare_servers(data_dir)
         airflow = start_airflow(data_dir / "airflow-home")
         api = AirflowApi(data_dir / "airflow-home")
+        add_api_connection(api, data_dir / "airflow-home")
         wait_for_dag(api)
         run = api.call("POST", f"/dags/{DAG_ID}/dagRuns",
                        {"logical_date": None, "conf": {"target_version": NEW, "watch_seconds": 10}})

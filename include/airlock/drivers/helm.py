@@ -6,6 +6,12 @@ image and run before the release changes (a failed Job stops the upgrade with th
 untouched); start = `helm upgrade` to the new image tag and wait for the rollout; starting the old
 version again = `helm rollback` to the revision recorded before the upgrade.
 
+The vendors' conventions: a chart that migrates in its own pre-upgrade hook Job (`migration: hook`,
+ZenML's chart) is migrated by `helm upgrade` itself, its Job's logs read while it runs (Helm deletes
+it on success); a HorizontalPodAutoscaler on the server is held (removed, its manifest kept in the
+marker) while the server is frozen, and such a chart leaves `replicas` out, so the replica count
+recorded before the upgrade is put back after `helm upgrade`/`helm rollback`.
+
 Client-side work (the migration rehearsal on a scratch copy, the artifact check) runs in local
 virtualenvs of the same platform version, like the process driver.
 """
@@ -14,17 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
-from airlock.drivers.process import DriverError, ProcessDriver
+from airlock.drivers.process import DriverError, ProcessDriver, serving_wait
 from airlock.helm import HelmClient, HelmError, HelmRelease, helm_client, release_values
-from airlock.kube import Kube, kube_for, kubeconfig_for
+from airlock.kube import Kube, KubeError, kube_for, kubeconfig_for
 from airlock.platforms.base import PlatformAdapter
 from airlock.redaction import MARK, redact_structure, redact_text
+from airlock.waits import Wait, WaitFailed, Waiting, run_waits
 
 
 def manifest_without_secrets(manifest: str, secrets: list[str]) -> str:
@@ -131,38 +139,69 @@ class HelmDriver:
         """What a rollback needs to bring this deployment back: the serving release's revision and,
         for blue-green, which release served, with how many replicas, under which selector."""
         live = self.live_index()
-        deployed = self.deployed()
-        state = {"revision": deployed["revision"], "image_tag": deployed["image_tag"], "method": self.config.method}
+        deployed, namespace, deployment = self.deployed(), self.release.namespace, self.config.deployments[live]
+        state = {"revision": deployed["revision"], "image_tag": deployed["image_tag"], "method": self.config.method,
+                 "replicas": self.kube.replicas(namespace, deployment),
+                 "autoscalers": self.kube.autoscalers(namespace, deployment)}
         if self.config.method == "blue-green":
-            state.update(live=live, replicas=self.kube.replicas(self.release.namespace, self.config.deployments[live]),
-                         selector=self.kube.selector(self.release.namespace, self.config.service))
+            state.update(live=live, selector=self.kube.selector(namespace, self.config.service))
         return state
 
-    def stop(self) -> dict:
+    def stop(self, state: dict | None = None) -> Waiting:
         """Scale the server Deployment to zero (blue-green: both releases' Deployments, since a green
         that came up but was never switched to still writes) and wait until no replica is left, and
-        stop any migration Job still running (a rollback restores the database next: nothing may write)."""
+        stop any migration Job still running (a rollback restores the database next: nothing may write).
+        Both waits are handed to the triggerer. The HPAs held are those removed now and those `state`
+        (the marker's snapshot) recorded: the run after a wait finds them already removed."""
         started = time.monotonic()
         namespace = self.release.namespace
         deployments = [name for name in dict.fromkeys(self.config.deployments)
                        if self.config.method == "blue-green" and self.kube.pod_labels(namespace, name) is not None
                        ] or [self.config.deployment]
+        recorded = [autoscaler["metadata"]["name"] for autoscaler in (state or {}).get("autoscalers") or []]
+        held = list(dict.fromkeys([*recorded, *self.hold_autoscalers(deployments)]))
         for deployment in deployments:
             self.kube.scale(namespace, deployment, 0)
-        for deployment in deployments:
-            self.wait_rollout(deployment, lambda rollout: rollout.available == 0 and rollout.ready == 0,
-                              "scaled to zero")
-        stopped_jobs = self.kube.unfinished_jobs(self.release.namespace, f"{self.config.migration_job}-")
+        yield self.kube_wait(f"{self.env.name}: no replica left of {', '.join(deployments)} in {namespace}",
+                             "scaled_to_zero_check", {"deployments": deployments},
+                             self.env.driver.start_timeout_seconds)
+        stopped_jobs = self.kube.unfinished_jobs(self.release.namespace, self.migration_job_prefix())
         for name in stopped_jobs:
             self.kube.delete_job(self.release.namespace, name)
-        deadline = time.monotonic() + self.release.timeout_seconds
-        while any(self.kube.job_exists(self.release.namespace, name) for name in stopped_jobs):
-            if time.monotonic() > deadline:
-                raise DriverError(f"{self.env.name}: migration job(s) {stopped_jobs} still there after deletion; "
-                                  "check them before restoring the database")
-            time.sleep(1)
-        return {"stopped": True, "deployments": deployments, "migration_jobs_stopped": stopped_jobs,
-                "seconds": round(time.monotonic() - started, 3)}
+        if stopped_jobs:
+            yield self.kube_wait(f"{self.env.name}: migration job(s) {', '.join(stopped_jobs)} gone after deletion",
+                                 "jobs_gone_check", {"jobs": stopped_jobs}, self.release.timeout_seconds,
+                                 hint="Check them before restoring the database")
+        return {"stopped": True, "deployments": deployments, "autoscalers_held": held,
+                "migration_jobs_stopped": stopped_jobs, "seconds": round(time.monotonic() - started, 3)}
+
+    def migration_job_prefix(self) -> str:
+        """Airlock's Jobs are `<migration_job>-<version>-a<attempt>`; a hook Job has the chart's name."""
+        return self.config.migration_job if self.config.migration == "hook" else f"{self.config.migration_job}-"
+
+    def hold_autoscalers(self, deployments: list[str]) -> list[str]:
+        """Remove the HPAs that scale the server while it is frozen, so that nothing brings a replica
+        back during the backup (the snapshot in the marker keeps their manifests; `helm upgrade` or
+        `helm rollback` re-creates them, `unfreeze` too if the chart did not)."""
+        namespace, held = self.release.namespace, []
+        for deployment in deployments:
+            for autoscaler in self.kube.autoscalers(namespace, deployment):
+                self.kube.delete_autoscaler(namespace, autoscaler["metadata"]["name"])
+                held.append(autoscaler["metadata"]["name"])
+        return held
+
+    def unfreeze(self, deployment: str, state: dict) -> dict:
+        """After `helm upgrade`/`rollback`: a chart with an HPA leaves `replicas` out, so the Deployment
+        stays at the zero Airlock scaled it to; put back the count recorded before the upgrade, and
+        any held HPA the chart did not re-create."""
+        namespace, result = self.release.namespace, {}
+        if self.kube.replicas(namespace, deployment) == 0:
+            replicas = max(1, int(state.get("replicas") or 1))
+            self.kube.scale(namespace, deployment, replicas)
+            result["replicas_restored"] = replicas
+        restored = [hpa["metadata"]["name"] for hpa in state.get("autoscalers") or []
+                    if self.kube.ensure_autoscaler(namespace, hpa)]
+        return {**result, **({"autoscalers_recreated": restored} if restored else {})}
 
     def migrate(self, version: str, database: Database) -> dict:
         """A rehearsal on a scratch copy, in a local virtualenv of the version. (The environment's
@@ -171,7 +210,11 @@ class HelmDriver:
 
     def launch_migration(self, version: str, attempt: int = 1) -> dict:
         """Create the migration Job (idempotent per attempt: a retry finds its Job, a re-run after a
-        rollback makes a new one and so migrates again) and return at once: a sensor waits for it."""
+        rollback makes a new one and so migrates again) and return at once: a sensor waits for it.
+        A chart that migrates in a hook does it during `helm upgrade` (the start step) instead."""
+        if self.config.migration == "hook":
+            return {"job": None, "skipped": f"the chart migrates in its pre-upgrade hook Job "
+                                            f"{self.config.migration_job}, run by helm upgrade at start"}
         job = self.migration_job(version, attempt)
         name = self.kube.create_job(self.release.namespace, job)
         return {"job": name, "namespace": self.release.namespace, "image": job["spec"]["template"]["spec"][
@@ -190,30 +233,84 @@ class HelmDriver:
         raise DriverError(f"{self.env.name}: chart {self.release.chart} renders no Job named "
                           f"{self.config.migration_job} with {self.config.migration_values}")
 
-    def start(self, version: str) -> dict:
+    def start(self, version: str, state: dict | None = None) -> dict:
+        """Serve `version`, waiting in this process (outside the DAG)."""
+        return run_waits(self.roll_out(version, state))
+
+    def roll_out(self, version: str, state: dict | None = None) -> Waiting:
         """`launch`, then wait for the rollout, switch (blue-green) and wait for the server to answer."""
         started = time.monotonic()
-        launched = self.launch(version)
-        self.wait_rollout(launched["deployment"], rolled_out(self.release.tag(version)), f"rolled out with {version}")
-        switched = self.switch(version)
-        health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
-        return {**launched, "switch": switched, "seconds_to_healthy": round(time.monotonic() - started, 3),
-                "health_seconds": round(health, 3)}
+        launched = self.launch(version, state)
+        yield self.rollout_wait(launched["deployment"], version)
+        switched = yield from self.switch(version)
+        yield serving_wait(self.env, self.adapter, version)
+        return {**launched, "switch": switched, "seconds_to_healthy": round(time.monotonic() - started, 3)}
 
-    def launch(self, version: str) -> dict:
+    def launch(self, version: str, state: dict | None = None) -> dict:
         """`helm upgrade` (of the idle release, for blue-green: installed the first time) to the
-        version's image tag, with the target's values files and overrides; returns at once, a
-        deferrable sensor waits for the rollout of the returned Deployment."""
+        version's image tag, with the target's values files and overrides, then `unfreeze` with the
+        `snapshot` state; returns at once, a deferrable sensor waits for the rollout of the returned
+        Deployment. (A chart's migration hook runs inside `helm upgrade`, which waits for it.)"""
         index = self.target_index()
-        release = self.release_at(index)
-        try:
-            first = index == 1 and not self.has_history(release)
-            self.helm.upgrade(release, release_values(release, version), description=f"airlock: upgrade to {version}",
-                              install=first)
-        except HelmError as error:
-            raise DriverError(f"{self.env.name}: {error}") from None
+        release, deployment = self.release_at(index), self.config.deployments[index]
+        first = index == 1 and not self.has_history(release)
+        hook = self.upgrade(release, version, first)
         return {"version": version, "action": f"{'installed' if first else 'upgraded'} {release.name} at {version}",
-                **self.helm.status(release), "deployment": self.config.deployments[index], "deferred": True}
+                **self.helm.status(release), **hook, **self.unfreeze(deployment, state or {}),
+                "deployment": deployment, "deferred": True}
+
+    def upgrade(self, release: HelmRelease, version: str, install: bool) -> dict:
+        """`helm upgrade`; for a chart that migrates in a hook, with the hook Job's logs read while
+        Helm waits for it (Helm deletes the Job once it succeeded)."""
+        def run() -> None:
+            self.helm.upgrade(release, release_values(release, version), description=f"airlock: upgrade to {version}",
+                              install=install)
+
+        if self.config.migration != "hook":
+            try:
+                run()
+            except HelmError as error:
+                raise DriverError(f"{self.env.name}: {error}") from None
+            return {}
+        logs = ""
+        with ThreadPoolExecutor(1) as pool:
+            upgrading = pool.submit(run)
+            while not upgrading.done():
+                logs = self.hook_logs(logs)
+                time.sleep(0.5)
+            logs = redact_text(self.hook_logs(logs), self.database.secrets())
+        print(f"--- logs of the chart's migration hook job {self.config.migration_job} ---\n{logs or '(none)'}")
+        error = upgrading.exception()
+        if error is None:
+            return {"migration_hook": {"job": self.config.migration_job, "output_tail": logs[-1000:]}}
+        if not isinstance(error, HelmError):
+            raise error  # a fault of Airlock's own, not Helm's answer: shown as it is
+        job = f"{release.namespace}/{self.config.migration_job}"
+        what = (f"the chart's migration hook Job {job} failed, so Helm left {release.name} on the revision that "
+                "served before" if self.hook_failed() else
+                f"helm upgrade of {release.name} failed after its migration hook Job {job} ran or while it ran "
+                "(the database may be migrated and the release part-applied)")
+        raise DriverError(f"{self.env.name}: {what} ({error}). The rollback restores the database and rolls the "
+                          f"release back to the recorded revision. The hook's logs:\n"
+                          f"{logs[-3000:] or '(none were readable)'}") from None
+
+    def hook_failed(self) -> bool:
+        """The hook Job is still there and failed (Helm deletes it only when it succeeded)."""
+        namespace, name = self.release.namespace, self.config.migration_job
+        try:
+            return self.kube.job_exists(namespace, name) and self.kube.job_state(namespace, name) == "failed"
+        except KubeError:
+            return False
+
+    def hook_logs(self, known: str) -> str:
+        """The hook Job's Pod logs if it has any now (its Pods outlive the Job Helm deletes by a
+        moment), else what was read before."""
+        try:
+            text = self.kube.job_logs(self.release.namespace, self.config.migration_job)
+        except KubeError:
+            return known
+        unreadable = text.startswith((f"(job {self.config.migration_job} has no pods", "(no log from pod "))
+        return known if unreadable else text
 
     def has_history(self, release: HelmRelease) -> bool:
         try:
@@ -221,21 +318,20 @@ class HelmDriver:
         except HelmError:
             return False
 
-    def switch(self, version: str) -> dict:
-        """Blue-green: once the idle release serves `version` healthily on its own URL, point the
-        Service at it. Rolling: nothing to switch."""
+    def switch(self, version: str) -> Waiting:
+        """Blue-green: once the idle release serves `version` healthily on its own URL (a wait for the
+        triggerer), point the Service at it. Rolling: nothing to switch."""
         if self.config.method != "blue-green":
             return {"skipped": "rolling upgrade: nothing to switch"}
         live, target = self.live_index(), self.target_index()
         if live == target:
             return {"skipped": "already switched"}
         name = self.config.releases[target]
-        check = type(self.adapter)(self.config.release_urls[name], self.adapter.credential)
-        check.wait_healthy(self.env.driver.start_timeout_seconds)
-        served = check.server_version()
-        if served != version:
-            raise DriverError(f"{self.env.name}: release {name} serves {served}, expected {version}; the Service "
-                              f"{self.config.service} still points at {self.config.releases[live]}")
+        try:
+            yield serving_wait(self.env, self.adapter, version, self.config.release_urls[name], check_version=True)
+        except WaitFailed as failure:
+            raise DriverError(f"{failure}; the Service {self.config.service} still points at "
+                              f"{self.config.releases[live]}") from None
         labels = self.kube.pod_labels(self.release.namespace, self.config.deployments[target]) or {}
         selector = {key: labels[key] for key in self.kube.selector(self.release.namespace, self.config.service)
                     if key in labels}
@@ -243,7 +339,7 @@ class HelmDriver:
         return {"from": self.config.releases[live], "to": name, "selector": selector,
                 "kept_for_switch_back": f"{self.config.releases[live]} (scaled to zero)"}
 
-    def restore(self, version: str, state: dict) -> dict:
+    def restore(self, version: str, state: dict) -> Waiting:
         """Bring back what served before the upgrade (`snapshot`): blue-green switches the Service
         back to the old release and scales it up again; rolling rolls back to the recorded revision."""
         started = time.monotonic()
@@ -252,7 +348,6 @@ class HelmDriver:
             old, other = self.config.deployments[state["live"]], self.config.deployments[1 - state["live"]]
             if self.kube.pod_labels(namespace, other) is not None:
                 self.kube.scale(namespace, other, 0)
-            self.kube.scale(namespace, old, int(state["replicas"]))
             self.kube.set_selector(namespace, self.config.service, state["selector"])
             action, deployment = f"switched back to {self.config.releases[state['live']]}", old
         elif state.get("revision"):
@@ -262,23 +357,24 @@ class HelmDriver:
                 raise DriverError(f"{self.env.name}: {error}") from None
             action, deployment = f"rolled back to revision {state['revision']}", self.config.deployment
         else:
-            return self.start(version)
-        self.wait_rollout(deployment, rolled_out(self.release.tag(version)), f"rolled out with {version}")
-        health = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
-        return {"version": version, "action": action, "seconds_to_healthy": round(time.monotonic() - started, 3),
-                "health_seconds": round(health, 3)}
+            return (yield from self.roll_out(version, state))
+        unfrozen = self.unfreeze(deployment, state)
+        yield self.rollout_wait(deployment, version)
+        yield serving_wait(self.env, self.adapter, version)
+        return {"version": version, "action": action, **unfrozen,
+                "seconds_to_healthy": round(time.monotonic() - started, 3)}
 
-    def wait_rollout(self, deployment: str, reached, what: str) -> None:
-        deadline = time.monotonic() + self.env.driver.start_timeout_seconds
-        rollout = None
-        while time.monotonic() < deadline:
-            rollout = self.kube.rollout(self.release.namespace, deployment)
-            if reached(rollout):
-                return
-            time.sleep(1)
-        raise DriverError(f"{self.env.name}: deployment {self.release.namespace}/{deployment} not "
-                          f"{what} after {self.env.driver.start_timeout_seconds:.0f} s: "
-                          f"{rollout.describe() if rollout else 'not found'}")
+    def rollout_wait(self, deployment: str, version: str) -> Wait:
+        return self.kube_wait(f"{self.env.name}: deployment {self.release.namespace}/{deployment} rolled out with "
+                              f"{version}", "rollout_check",
+                              {"deployment": deployment, "image_tag": self.release.tag(version)},
+                              self.env.driver.start_timeout_seconds)
+
+    def kube_wait(self, what: str, check: str, kwargs: dict, timeout: float, hint: str = "") -> Wait:
+        """A wait on this release's namespace, polled by one of this module's checks."""
+        return Wait(what=what, check=f"airlock.drivers.helm:{check}", timeout_seconds=timeout, poll_interval=2,
+                    kwargs={"conn_id": self.config.kubernetes_conn_id, "namespace": self.release.namespace, **kwargs},
+                    hint=hint)
 
 
 
@@ -314,3 +410,18 @@ def rollout_check(conn_id: str, namespace: str, deployment: str, image_tag: str)
     """Done when every replica of the Deployment runs `image_tag` and is available."""
     rollout = kube_for(conn_id).rollout(namespace, deployment)
     return {"done": rolled_out(image_tag)(rollout), "rollout": rollout.describe()}
+
+
+def scaled_to_zero_check(conn_id: str, namespace: str, deployments: list[str]) -> dict:
+    """Done when no replica of the Deployments is left (none ready, none available)."""
+    kube = kube_for(conn_id)
+    left = {name: rollout.describe() for name in deployments
+            if (rollout := kube.rollout(namespace, name)).available or rollout.ready}
+    return {"done": not left, "still_running": left}
+
+
+def jobs_gone_check(conn_id: str, namespace: str, jobs: list[str]) -> dict:
+    """Done when none of the (deleted) Jobs exists any more."""
+    kube = kube_for(conn_id)
+    left = [name for name in jobs if kube.job_exists(namespace, name)]
+    return {"done": not left, "still_there": left}

@@ -24,6 +24,9 @@ from airlock.child_env import child_env
 from airlock.config import EnvironmentConfig
 from airlock.databases.base import Database
 from airlock.platforms.base import Command, PlatformAdapter
+from airlock.redaction import redact_text
+from airlock.registry import platform_key
+from airlock.waits import Wait, WaitFailed, Waiting, run_waits
 
 VENV_ROOT_ENV = "AIRLOCK_VENV_ROOT"
 READY_MARKER = ".airlock-ready"
@@ -32,6 +35,68 @@ KILL_WAIT_SECONDS = 30
 
 class DriverError(RuntimeError):
     """The server could not be installed, started or stopped; the message says what to look at."""
+
+
+LOG_TAIL_LINES = 30
+"""How much of a server's log a failed start shows."""
+
+
+def serving_wait(env: EnvironmentConfig, adapter: PlatformAdapter, version: str, url: str | None = None,
+                 process: dict | None = None, check_version: bool = False, hint: str = "") -> Wait:
+    """Until the server at `url` (the environment's by default) answers its health check (and, with
+    `check_version`, serves `version`), for at most the driver's `start_timeout_seconds`; for a local
+    `process` ({pid, identity, host, log, mask_conn_ids}), until it exits, if the check runs on its
+    host. A local process that never answers is stopped, and its log's last lines end the error."""
+    url = url or adapter.url
+    return Wait(what=f"{env.name}: {adapter.name} {version} answering at {url}",
+                check="airlock.triggers:serving_check",
+                kwargs={"platform": platform_key(adapter), "url": url, "auth_conn_id": env.auth_conn_id,
+                        "environment": env.name, "version": version if check_version else None, "process": process},
+                timeout_seconds=env.driver.start_timeout_seconds, poll_interval=1, hint=hint,
+                on_failure="airlock.drivers.process:failed_start_report" if process else "")
+
+
+def failed_start_report(process: dict, **_: object) -> str:
+    """After a local start that never answered: the server (and whatever it spawned, e.g. gunicorn's
+    workers) stopped and its log's last lines (secrets masked), where this runs on its host;
+    elsewhere, where to look."""
+    log = Path(process["log"])
+    if process["host"] != socket.gethostname():
+        return f"It may still be running on {process['host']} (the rollback stops it); its log is {log} there."
+    pid = process["pid"]
+    stopped = "had exited"
+    if process_alive(pid) and process_identity(pid) == process["identity"]:
+        signal_group(pid, signal.SIGTERM)
+        stopped = f"was stopped (SIGTERM to its process group {pid})"
+    return f"The server {stopped}.\n{masked_log_tail(log, process.get('mask_conn_ids', []))}"
+
+
+def masked_log_tail(log: Path, mask_conn_ids: list[str]) -> str:
+    """A log's last lines with the secrets it could hold masked; withheld (the path given) when one
+    of those secrets cannot be read now, since an unmasked secret must never reach a task log."""
+    if not log.is_file():
+        return f"(no log at {log})"
+    try:
+        secrets = [airflow_secret(conn_id) for conn_id in mask_conn_ids]
+    except Exception as error:
+        return (f"(its last lines are not shown: the secrets to mask in them could not be read: "
+                f"{type(error).__name__}; read {log} on this host)")
+    lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return f"--- last lines of {log} ---\n" + redact_text("\n".join(lines), secrets)
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """Signal a server's process group (it was started as the leader of a new session): a server's
+    own children would otherwise outlive it."""
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def exited(process: dict | None) -> bool:
+    """A process a start spawned ({pid, identity, host}) is known to have exited: only on its host."""
+    if not process or process["host"] != socket.gethostname():
+        return False
+    return not process_alive(process["pid"]) or process_identity(process["pid"]) != process["identity"]
 
 
 def venv_root() -> Path:
@@ -189,11 +254,30 @@ class ProcessDriver:
         self.pid_file.write_text(json.dumps({"pid": pid, "identity": process_identity(pid)}))
 
     def start(self, version: str) -> dict:
-        """Start the server of `version` and wait until it is healthy. Idempotent."""
+        """Start the server of `version` and wait here until it is healthy (outside the DAG, where
+        `launch` hands the wait to the triggerer). Idempotent."""
+        try:
+            return run_waits(self.launch(version))
+        except WaitFailed as failure:
+            raise DriverError(str(failure)) from None
+
+    def launch(self, version: str, state: dict | None = None) -> Waiting:
+        """Start the server of `version` (idempotent: one already serving it is kept) and wait for it
+        to answer: a Wait, so no worker slot is held however slow the start. A server that exits
+        while starting fails the wait at once where the check runs on its host. (`state`, what
+        `snapshot` recorded, holds nothing a process needs.)"""
+        record = self.spawn(version)
+        masked = [conn_id for conn_id in (self.env.database.conn_id, *self.env.driver.secret_env.values()) if conn_id]
+        yield serving_wait(self.env, self.adapter, version, process={
+            "pid": record["pid"], "identity": process_identity(record["pid"]), "host": socket.gethostname(),
+            "log": str(self.log_file), "mask_conn_ids": masked})
+        return {**record, "healthy_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def spawn(self, version: str) -> dict:
+        """The server of `version` running, started now unless it already is."""
         pid = self.running_pid()
         record = self.deployed() or {}
         if pid and record.get("version") == version:
-            self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
             return {**record, "already_running": True}
         if pid:
             raise DriverError(f"{self.env.name}: {self.adapter.name} {record.get('version')} is still running "
@@ -215,35 +299,25 @@ class ProcessDriver:
         self.write_pid_file(process.pid)
         record = {"version": version, "venv": str(venv), "pid": process.pid,
                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "log_file": str(self.log_file), **command.describe()}
+                  "log_file": str(self.log_file), "host": socket.gethostname(), **command.describe()}
         self.record_file.write_text(json.dumps(record, indent=2))
-        try:
-            seconds = self.adapter.wait_healthy(self.env.driver.start_timeout_seconds)
-        except Exception as error:
-            tail = self.log_tail()
-            self.stop()
-            raise DriverError(f"{self.env.name}: {self.adapter.name} {version} did not become healthy: "
-                              f"{error}\n--- last lines of {self.log_file} ---\n{tail}") from None
-        return {**record, "seconds_to_healthy": round(seconds, 3)}
+        return record
 
     def launch_migration(self, version: str, attempt: int = 1) -> dict:
         """A local migration is short: it runs (and is waited for) inside the task."""
         return self.migrate(version)
 
-    def launch(self, version: str) -> dict:
-        """A local start is short: it runs (and waits until healthy) inside the task."""
-        return self.start(version)
-
     def snapshot(self) -> dict:
         """What a rollback needs besides the version: nothing (the version's virtualenv is kept)."""
         return {}
 
-    def restore(self, version: str, state: dict) -> dict:
+    def restore(self, version: str, state: dict) -> Waiting:
         """Start the version that ran before the upgrade."""
-        return self.start(version)
+        return self.launch(version)
 
-    def stop(self) -> dict:
-        """Stop the server (SIGTERM, then SIGKILL after the timeout). Idempotent."""
+    def stop(self, state: dict | None = None) -> dict:
+        """Stop the server (SIGTERM, then SIGKILL after the timeout). Idempotent. (`state`, what
+        `snapshot` recorded, holds nothing a process needs.)"""
         pid = self.running_pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
@@ -252,13 +326,13 @@ class ProcessDriver:
                                   f"on {self.env.host}:{self.env.port}; refusing to go on as if it were stopped")
             return {"stopped": False, "reason": "not running"}
         started = time.monotonic()
-        self._signal(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
         deadline = started + self.env.driver.stop_timeout_seconds
         while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         killed = process_alive(pid)
         if killed:
-            self._signal(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             kill_deadline = time.monotonic() + KILL_WAIT_SECONDS
             while process_alive(pid) and time.monotonic() < kill_deadline:
                 time.sleep(0.1)
@@ -270,17 +344,6 @@ class ProcessDriver:
             time.sleep(0.2)  # worker processes of the group release the port last
         self.pid_file.unlink(missing_ok=True)
         return {"stopped": True, "pid": pid, "killed": killed, "seconds": round(time.monotonic() - started, 3)}
-
-    @staticmethod
-    def _signal(pid: int, signum: int) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(pid, signum)
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_file.is_file():
-            return "(no log)"
-        text = self.log_file.read_text(errors="replace").splitlines()[-lines:]
-        return self.database.redact("\n".join(text))
 
     def migrate(self, version: str, database: Database | None = None) -> dict:
         """Run the new version's schema migration against the (stopped) server's database, or

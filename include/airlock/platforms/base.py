@@ -110,6 +110,10 @@ class PlatformAdapter(ABC):
     self_written_tables: tuple[str, ...] = ()
     """Tables the server rewrites by itself on any request (activity timestamps): not the users'
     data, so Airlock compares only their row counts."""
+    migration_rewrites: tuple[str, ...] = ()
+    """Tables the vendor's migrations rewrite by design (values changed, columns dropped, rows of its
+    own added), besides the schema's own version table: after a migration, Airlock checks only that
+    none of their rows went."""
 
     def __init__(self, url: str, credential: Credential | None = None):
         self.url = url.rstrip("/")

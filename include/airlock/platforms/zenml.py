@@ -60,6 +60,11 @@ class ZenmlAdapter(PlatformAdapter):
     downgrade_note = "ZenML does not support downgrading a server; restore a backup taken before the upgrade instead"
     self_written_tables = ("server_settings", "api_key")
     """server_settings: last_user_activity, on every request; api_key: last_login, on every login."""
+    migration_rewrites = ("api_transaction", "flavor", "stack_component", "stack_composition", "pipeline_run")
+    """Seen on 0.90 → 0.98: the request cache loses its `result` column, the flavors are synced, a
+    default deployer is added to the default stack, and `pipeline_run.trigger_execution_id` goes
+    (the trigger executions' feature was removed). Their runs, stacks and components are still in the
+    API fingerprint."""
     _token: str | None = None
 
     # -- server -------------------------------------------------------------------------------

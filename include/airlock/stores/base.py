@@ -12,6 +12,8 @@ from airlock.signing import Signer
 
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
+FINGERPRINT = "fingerprint.json"
+"""In a final backup set: the platform's fingerprint of exactly the data in it, for a later rollback."""
 IN_PROGRESS = "UPGRADE_IN_PROGRESS.json"
 
 

@@ -30,12 +30,16 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def make_private(directory: Path) -> None:
-    """Tools (mydumper, pg_dump) write with their own umask: tighten what they left."""
+    """Tools (mydumper, pg_dump) write with their own umask: tighten what they left. A file with
+    other links (an artifact hard-linked into the set) shares its mode with its owner's: it is left
+    as it is, private through the set's folders."""
     for root, folders, files in os.walk(directory):
         for name in folders:
             os.chmod(os.path.join(root, name), 0o700)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o600)
+            path = os.path.join(root, name)
+            if os.stat(path, follow_symlinks=False).st_nlink == 1:
+                os.chmod(path, 0o600)
 
 
 class LocalBackupStore(BackupStore):
