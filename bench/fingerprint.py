@@ -4,8 +4,8 @@ MLflow 2.16.2 creates its schema on MariaDB; runs are then added by bulk SQL (ea
 3 tags and 5 metrics × 50 steps, as the issue measured) up to each size of --sizes. At each size,
 with the server running, the checks an upgrade makes to prove the users' data unchanged are timed
 through the same code the upgrade runs:
-  - before the stop: steps.steady_fingerprint (the API's fingerprint of the newest runs, between two
-    passes of the database's checksums);
+  - before the stop: steps.steady_fingerprint (one pass of the database's checksums, between two
+    reads of the API's fingerprint of the newest runs);
   - after the migration: migrated_data.compare_migrated (the checksums over the shared columns);
   - after the start: the API's fingerprint again;
 against `mysqldump --single-transaction` of the same database (to /dev/null: the dump alone).

@@ -81,22 +81,33 @@ def test_a_rollback_run_again_after_its_wait_restores_once_and_keeps_its_first_p
 
 
 def test_a_write_just_before_the_stop_is_described_by_the_fingerprint(production):
-    """A client writes after the fingerprint was read and before the server stopped (after "Proceed
-    anyway", a UI user, a client retrying): the final backup holds that write, so Airlock takes the
-    fingerprint again, and the healthy upgrade is proven equal instead of looking changed."""
+    """A client writes while the fingerprint's statistics are read, and again after the fingerprint and
+    before the server stopped (after "Proceed anyway", a UI user, a client retrying): the first makes
+    the API reads around the pass differ, so both are read again; the final backup holds the second, so
+    Airlock takes the fingerprint again, and the healthy upgrade is proven equal, not changed."""
     env = production
     steps.backup(env, steps.PREPARE, RUN, OLD)
-    real_stop, written = env.driver.stop, []
+    real_stop, real_stats, written = env.driver.stop, env.database.table_stats, []
+    runs_before = env.adapter.fingerprint().counts["runs"]
+
+    def write_during_the_statistics(*args, **kwargs):  # the fingerprint's one statistics pass
+        if not written:
+            written.append(log_a_run(env.config.url))
+        return real_stats(*args, **kwargs)
 
     def write_then_stop(state=None):
-        if not written:
+        if len(written) == 1:
             written.append(log_a_run(env.config.url))
         return real_stop(state)
 
-    env.driver.stop = write_then_stop
+    env.driver.stop, env.database.table_stats = write_then_stop, write_during_the_statistics
     run_waits(steps.freeze(env, RUN, PLAN))
+    frozen = env.store.in_progress()
+    assert frozen["fingerprint"]["counts"]["runs"] == runs_before + 1  # the write during the pass is in both
+    assert frozen["fingerprint_tables"]["runs"]["rows"] == runs_before + 1
+    env.database.table_stats = real_stats
     final = steps.final_backup(env, RUN)
-    assert written and final["fingerprint_describes_backup"]
+    assert len(written) == 2 and final["fingerprint_describes_backup"]
     marker = env.store.in_progress()
     assert marker["fingerprint_tables"] == steps.read_manifest(env.store, final["backup_id"]).tables
     steps.migrate(env, RUN)

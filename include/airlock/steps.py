@@ -302,15 +302,17 @@ def users_data(env: Environment, stats: TableStats) -> TableStats:
 
 
 def steady_fingerprint(env: Environment, tries: int = 5) -> tuple:
-    """The platform's fingerprint, and the database's table statistics it describes: read between two
-    equal statistics, so no write landed while the API was read."""
-    before = users_data(env, env.database.table_stats())
+    """The platform's fingerprint, and the database's table statistics it describes: one statistics
+    pass between two equal API reads, so nothing the fingerprint sees was written during the pass.
+    (A write it does not see, or one after the pass, shows in the final backup's statistics, and the
+    fingerprint is taken again there.) One pass, as the statistics are the part that grows with the data."""
+    fingerprint = env.adapter.fingerprint()
     for _ in range(tries):
-        fingerprint = env.adapter.fingerprint()
-        after = users_data(env, env.database.table_stats())
-        if after == before:
-            return fingerprint, after
-        before = after
+        tables = users_data(env, env.database.table_stats())
+        again = env.adapter.fingerprint()
+        if again == fingerprint:
+            return fingerprint, tables
+        fingerprint = again
     raise UpgradeError(f"{env.name} kept changing while its fingerprint was read ({tries} tries): something still "
                        "writes to it after the drain (a client retrying, a user in the UI). Nothing was stopped. "
                        "Find it, then clear this task.")
