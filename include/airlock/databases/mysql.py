@@ -64,10 +64,21 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subprocess.Popen]:
-    """While mydumper runs, zstd each file it has closed (one thread each, beside the dump)."""
+def compress_finished_files(dumper: subprocess.Popen, out: Path,
+                            on_compressed: Callable[[Path], None] = lambda path: None) -> None:
+    """While mydumper runs, zstd each file it has closed (one process each, beside the dump), and hand
+    each compressed file to `on_compressed` as soon as it is whole (an upload can start while the
+    dump goes on). A file zstd failed on stays plain, for compress_in_place."""
     started: set[str] = set()
-    processes = []
+    compressing: list[tuple[Path, subprocess.Popen]] = []
+
+    def hand_over_finished(wait: bool) -> None:
+        for path, process in list(compressing):
+            if (process.wait() if wait else process.poll()) is not None:
+                compressing.remove((path, process))
+                if process.returncode == 0:
+                    on_compressed(path.with_name(path.name + ".zst"))
+
     while dumper.poll() is None:
         # List the files first, then what mydumper holds open: a file that exists and is not open
         # afterwards is finished (mydumper writes each file once). The other order would catch a
@@ -80,10 +91,12 @@ def compress_finished_files(dumper: subprocess.Popen, out: Path) -> list[subproc
         for path in present:
             if str(path) not in open_now and path.name not in started:
                 started.add(path.name)
-                processes.append(subprocess.Popen(["zstd", "-q", "-1", "-T1", "--rm", str(path)], env=child_env(),
-                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                compressing.append((path, subprocess.Popen(
+                    ["zstd", "-q", "-1", "-T1", "--rm", str(path)], env=child_env(),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        hand_over_finished(wait=False)
         time.sleep(0.05)
-    return processes
+    hand_over_finished(wait=True)
 
 
 DEFINITION_LISTINGS = (
@@ -98,16 +111,34 @@ DEFINITION_LISTINGS = (
 CHARSET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
-def upload_side_by_side(put: StreamSink, folder: Path, names: list[str]) -> None:
-    """Each file into `put`, UPLOADS at a time (an object store takes parallel uploads at the speed
-    a single one cannot reach)."""
+class SideBySideUploads:
+    """Files handed to `put`, UPLOADS at a time (an object store takes parallel uploads at the speed
+    a single one cannot reach), each once, as soon as it is handed over."""
 
-    def upload(name: str) -> None:
-        with open(folder / name, "rb") as source:
-            put(name, source)
+    def __init__(self, put: StreamSink, folder: Path):
+        self.put, self.folder, self.started = put, folder, {}
+        self.pool = ThreadPoolExecutor(max_workers=UPLOADS, thread_name_prefix="airlock-upload")
 
-    with ThreadPoolExecutor(max_workers=UPLOADS, thread_name_prefix="airlock-upload") as pool:
-        list(pool.map(upload, names))  # the first failure is raised
+    def upload(self, name: str) -> None:
+        with open(self.folder / name, "rb") as source:
+            self.put(name, source)
+
+    def start(self, name: str) -> None:
+        if name not in self.started:
+            self.started[name] = self.pool.submit(self.upload, name)
+
+    def finish(self, names: list[str]) -> None:
+        """The files not handed over yet, then every upload's end (the first failure is raised)."""
+        for name in names:
+            self.start(name)
+        for upload in self.started.values():
+            upload.result()
+
+    def __enter__(self) -> SideBySideUploads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def charset_clause(facts: dict) -> str:
@@ -333,25 +364,31 @@ class MysqlDatabase(Database):
         with progress_log(progress_dir, tables, self.params.database):
             dump(on_line)
 
-    def dump(self, directory: Path) -> tuple[list[str], TableStats, dict]:
+    def dump(self, directory: Path, on_file: Callable[[str], None] = lambda name: None
+             ) -> tuple[list[str], TableStats, dict]:
+        """`on_file` gets each of mydumper's files as soon as it is compressed (its name in the set)."""
         tool = self.tool or ("mydumper" if shutil.which("mydumper") and shutil.which("myloader") else "mysqldump")
         if tool == "mysqldump":
             stats, facts = self.consistent_dump(lambda on_line: self.run_dump(directory / DUMP, on_line), directory)
             return [DUMP], stats, {**facts, "tool": tool}
-        stats, facts = self.consistent_dump(lambda on_line: self.run_mydumper(directory, on_line), directory)
+        stats, facts = self.consistent_dump(
+            lambda on_line: self.run_mydumper(directory, on_line, lambda path: on_file(f"{MYDUMPER_DIR}/{path.name}")),
+            directory)
         # what mydumper had not compressed while it ran
         files = [f"{MYDUMPER_DIR}/{name}" for name in compress_in_place(directory / MYDUMPER_DIR)]
         return files, stats, {**facts, "tool": tool}
 
     def dump_stream(self, put: StreamSink) -> tuple[list[str], TableStats, dict]:
         """For an object store. Where the worker's temporary folder has room for the database,
-        mydumper's parallel dump goes there and its compressed files are uploaded side by side
-        (mydumper 0.10 cannot stream); else mysqldump | zstd straight into `put`, one thread."""
+        mydumper's parallel dump goes there and each file is uploaded, side by side, as soon as it is
+        compressed, while the dump goes on (mydumper 0.10 cannot stream); else mysqldump | zstd
+        straight into `put`, one thread."""
         if self.tool != "mysqldump" and shutil.which("mydumper") and shutil.which("myloader") \
                 and self.scratch_has_room():
-            with tempfile.TemporaryDirectory(prefix="airlock-dump-") as scratch:
-                names, stats, facts = self.dump(Path(scratch))
-                upload_side_by_side(put, Path(scratch), names)
+            with tempfile.TemporaryDirectory(prefix="airlock-dump-") as scratch, \
+                    SideBySideUploads(put, Path(scratch)) as uploads:
+                names, stats, facts = self.dump(Path(scratch), uploads.start)
+                uploads.finish(names)
             return names, stats, facts
 
         def stream(on_line: Callable[[str], None]) -> None:
@@ -368,7 +405,8 @@ class MysqlDatabase(Database):
             needed = self.disk_bytes(conn) * 1.2
         return shutil.disk_usage(tempfile.gettempdir()).free > needed
 
-    def run_mydumper(self, directory: Path, on_line: Callable[[str], None]) -> None:
+    def run_mydumper(self, directory: Path, on_line: Callable[[str], None],
+                     on_compressed: Callable[[Path], None] = lambda path: None) -> None:
         """Parallel per-table (and per-chunk) dump with routines, events and triggers; each thread
         opens its snapshot while `consistent_dump` holds the tables. Files mydumper has finished are
         compressed while it works on the others."""
@@ -380,10 +418,8 @@ class MysqlDatabase(Database):
                  "--triggers", "--verbose", "3"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env())
             output = LineWatcher(dumper.stdout, on_line)
-            compressing = compress_finished_files(dumper, out)
+            compress_finished_files(dumper, out, on_compressed)
             returncode = dumper.wait()
-            for process in compressing:
-                process.wait()
             self.check_tool("mydumper", returncode, output.text())
 
     def run_dump(self, target: Path, on_line: Callable[[str], None]) -> None:
