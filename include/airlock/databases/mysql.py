@@ -414,7 +414,7 @@ class MysqlDatabase(Database):
         with self.defaults_file() as cnf:
             dumper = subprocess.Popen(
                 ["mydumper", f"--defaults-file={cnf}", "--database", self.params.database, "--outputdir", str(out),
-                 "--threads", str(MYDUMPER_THREADS), "--rows", "250000", "--no-locks", "--routines", "--events",
+                 "--threads", str(MYDUMPER_THREADS), "--rows", "50000", "--no-locks", "--routines", "--events",
                  "--triggers", "--verbose", "3"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env())
             output = LineWatcher(dumper.stdout, on_line)
