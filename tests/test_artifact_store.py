@@ -6,6 +6,7 @@ and through the upgrade's own steps on a real MLflow on MariaDB."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from airlock.artifacts.base import (
 )
 from airlock.artifacts.local import LocalArtifacts
 from airlock.artifacts.s3 import S3Artifacts
+from airlock.drivers.process import port_open
 from airlock.stores.base import MANIFEST
 from airlock.stores.local import LocalBackupStore
 from airlock.waits import run_waits
@@ -215,8 +217,13 @@ def test_an_upgrade_that_loses_artifacts_fails_its_check_and_the_rollback_puts_t
     assert (root / "model" / "model.pkl").read_bytes() == BEFORE["model/model.pkl"]  # the rest was put back
 
     replace_file(root / "notes.txt", BEFORE["notes.txt"])  # on-call puts it back by hand, then clears the task
+    os.killpg(env.driver.running_pid(), signal.SIGKILL)  # meanwhile the old server died (OOM-killed, say)
+    deadline = time.monotonic() + 10
+    while port_open("127.0.0.1", env.config.port) and time.monotonic() < deadline:
+        time.sleep(0.1)
     rolled_back = run_waits(steps.rollback(env, run))
     assert rolled_back["version"] == OLD and rolled_back["fingerprint_equal"] is True
+    assert env.adapter.server_version() == OLD  # the retry started it again
     assert rolled_back["artifacts"]["restored"] == []
     assert {key: (root / key).read_bytes() for key in BEFORE} == BEFORE
     assert (root / "new-run" / "metrics.json").exists()

@@ -635,6 +635,8 @@ def rollback(env: Environment, run_id: str) -> Waiting:
     if "rollback_release" not in marker:
         marker["rollback_release"] = yield from start_old_release(env, marker)
         env.store.mark_in_progress(marker)
+    else:
+        yield from old_release_serving_still(env, marker)
     put_back = restore_artifact_store(env, marker)  # after the start: a store that fails leaves the server serving
     env.store.clear_in_progress(run_id)
     return {"rolled_back": True, "restored": restored, **marker["rollback_release"], "post_upgrade_backup": kept,
@@ -655,6 +657,17 @@ def start_old_release(env: Environment, marker: dict) -> Waiting:
     return {"version": served, "healthy_at": now_iso(),
             "fingerprint_equal": True if expected else "not recorded for this set (its tables' checksums were "
                                                        "proven equal at the restore)"}
+
+
+def old_release_serving_still(env: Environment, marker: dict) -> Waiting:
+    """A retry after the old release was started and proven (what failed came after): it may have
+    died since, so it is started again where it is down (the driver keeps one that serves) and its
+    version checked. Its fingerprint is not: users may have written to it since it was proven."""
+    yield from waits_of(env.driver.restore(marker["from_version"], marker.get("deployment") or {}))
+    served = env.adapter.server_version()
+    if served != marker["from_version"]:
+        raise UpgradeError(f"{env.name}: the rollback's release had been started and proven, but {served} serves now, "
+                           f"not {marker['from_version']}; marker kept at {env.store.marker_path()}")
 
 
 def restore_artifact_store(env: Environment, marker: dict) -> dict | None:
