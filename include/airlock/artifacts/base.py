@@ -10,8 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 
-from airlock.stores.base import BackupStore
-from airlock.stores.s3 import S3StoreError
+from airlock.stores.base import BackupStore, StoreError
 
 INVENTORY = "artifacts.json"
 """The inventory's file in a backup set (listed in the signed manifest)."""
@@ -103,7 +102,7 @@ def restore_artifacts(artifacts: ArtifactStore, store: BackupStore, backup_id: s
     for key in before["deleted"] + before["changed"]:
         try:
             artifacts.put_back(store, backup_id, key, objects[key])
-        except (ArtifactError, S3StoreError, OSError) as error:  # the others are still put back
+        except (ArtifactError, StoreError, OSError) as error:  # the others are still put back
             refused.append(f"{key}: {error}")
     after = compare_artifacts(artifacts, store, backup_id)
     if refused or after["deleted"] or after["changed"]:

@@ -29,6 +29,11 @@ def digest_of_bytes(data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+class StoreError(RuntimeError):
+    """A store refused or failed a request; the message names the object. (Each remote store raises
+    its own kind, so callers catch this one without importing the store's client library.)"""
+
+
 class MarkerTaken(RuntimeError):
     """Another run's in-progress marker is in the way: two runs must never both pass `freeze`."""
 

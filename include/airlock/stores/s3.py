@@ -17,13 +17,13 @@ from urllib.parse import urlencode
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airlock.stores.base import IN_PROGRESS, BackupStore, digest_of_bytes
+from airlock.stores.base import IN_PROGRESS, BackupStore, StoreError, digest_of_bytes
 
 PART = 16 * 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
 
 
-class S3StoreError(RuntimeError):
+class S3StoreError(StoreError):
     """S3 refused or failed a request; the message names the object."""
 
 
