@@ -109,10 +109,11 @@ def test_s3_failing_in_the_middle_of_an_upload_leaves_no_usable_backup(s3_client
 
 
 def test_a_corrupted_object_fails_verification_and_restore_naming_the_file(db, s3_client, request):
-    """Each file is checked, whether the load streams it or (mydumper's) downloads it first."""
+    """Each file is checked, whether the load streams it or (mydumper's) downloads it first; a file
+    gone from the bucket is named as missing (not as S3's NoSuchKey), whichever way."""
     store = s3_store(s3_client, f"corrupt-{request.node.callspec.id}")
     before = rows_of(db)
-    for backup_id in ("b1", "b2"):
+    for backup_id in ("b1", "b2", "b3"):
         take_backup(db, store, backup_id, META)
     verify_backup(db, store, "b2")
     for backup_id in ("b1", "b2"):
@@ -120,6 +121,10 @@ def test_a_corrupted_object_fails_verification_and_restore_naming_the_file(db, s
         s3_client.put_object(Bucket=BUCKET, Key=store.key(backup_id, name), Body=b"not what was backed up")
     with pytest.raises(BackupError, match=r"backup b1: file .* is corrupted"):
         verify_backup(db, store, "b1")
+    missing = sorted(read_manifest(store, "b3").files)[-1]
+    s3_client.delete_object(Bucket=BUCKET, Key=store.key("b3", missing))
+    with pytest.raises(BackupError, match=rf"backup b3: file {missing} is missing from s3://{BUCKET}/"):
+        verify_backup(db, store, "b3")
     execute(db, "DELETE FROM metrics WHERE id > 100")
     changed = rows_of(db)
     with pytest.raises(BackupError, match=r"backup b2: file .* is corrupted"):

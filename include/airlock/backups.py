@@ -13,15 +13,18 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from airlock.artifacts.base import INVENTORY, ArtifactStore, keep_artifacts
 from airlock.databases.base import Database, TableStats
 from airlock.signing import SigningError
-from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore
+from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore, MissingFile
 
 CONFIGURATION = "configuration.json"
 DOWNLOADS = 4
@@ -166,6 +169,18 @@ def check_files(store: BackupStore, manifest: Manifest) -> None:
                               "from the manifest)")
 
 
+@contextmanager
+def opened(store: BackupStore, manifest: Manifest, name: str) -> Iterator[BinaryIO]:
+    """One file of the set, read from the store; one that is gone is named as missing from the set."""
+    try:
+        stream_context = store.open_stream(manifest.backup_id, name)
+    except MissingFile:
+        raise BackupError(f"backup {manifest.backup_id}: file {name} is missing from "
+                          f"{store.location(manifest.backup_id)}") from None
+    with stream_context as stream:
+        yield stream
+
+
 def plain_size(store: BackupStore, manifest: Manifest) -> int:
     """About how many bytes the set takes once decompressed: the size zstd recorded in each file's
     frame header, or 8 times the compressed size where it recorded none (a stream)."""
@@ -173,7 +188,7 @@ def plain_size(store: BackupStore, manifest: Manifest) -> int:
     for name, entry in manifest.files.items():
         content_size = None
         if name.endswith(".zst"):
-            with store.open_stream(manifest.backup_id, name) as stream:
+            with opened(store, manifest, name) as stream:
                 content_size = zstd_content_size(stream.read(18))
         total += content_size if content_size is not None else int(entry["bytes"]) * (8 if name.endswith(".zst") else 1)
     return total
@@ -204,7 +219,7 @@ def load_backup(db: Database, store: BackupStore, manifest: Manifest) -> None:
             download_side_by_side(store, manifest, Path(scratch))
             db.load(Path(scratch), manifest.facts)
     else:
-        db.load_stream(lambda name: store.open_stream(manifest.backup_id, name), manifest.facts)
+        db.load_stream(lambda name: opened(store, manifest, name), manifest.facts)
 
 
 def downloads(db: Database, store: BackupStore, manifest: Manifest) -> bool:
@@ -224,7 +239,7 @@ def download_side_by_side(store: BackupStore, manifest: Manifest, folder: Path) 
     def download(name: str) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        with store.open_stream(manifest.backup_id, name) as source, open(folder / name, "wb") as out:
+        with opened(store, manifest, name) as source, open(folder / name, "wb") as out:
             for block in iter(lambda: source.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)

@@ -34,6 +34,10 @@ class StoreError(RuntimeError):
     its own kind, so callers catch this one without importing the store's client library.)"""
 
 
+class MissingFile(StoreError):
+    """A file of a set is not in the store."""
+
+
 class MarkerTaken(RuntimeError):
     """Another run's in-progress marker is in the way: two runs must never both pass `freeze`."""
 

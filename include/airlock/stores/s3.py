@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airlock.stores.base import IN_PROGRESS, BackupStore, StoreError, digest_of_bytes
+from airlock.stores.base import IN_PROGRESS, BackupStore, MissingFile, StoreError, digest_of_bytes
 
 PART = 16 * 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
@@ -117,8 +117,14 @@ class S3BackupStore(BackupStore):
 
     def open_stream(self, backup_id: str, name: str) -> AbstractContextManager[BinaryIO]:
         key = self.key(backup_id, name)
-        body = self.call(f"download of s3://{self.bucket}/{key}", self.client.get_object, Bucket=self.bucket,
-                         Key=key)["Body"]
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise MissingFile(f"s3://{self.bucket}/{key} does not exist") from None
+            raise S3StoreError(f"S3 download of s3://{self.bucket}/{key} failed: {error}") from None
+        except BotoCoreError as error:
+            raise S3StoreError(f"S3 download of s3://{self.bucket}/{key} failed: {error}") from None
         return closing(body)
 
     def digest(self, backup_id: str, name: str) -> dict | None:
