@@ -661,9 +661,11 @@ def start_old_release(env: Environment, marker: dict) -> Waiting:
 
 def old_release_serving_still(env: Environment, marker: dict) -> Waiting:
     """A retry after the old release was started and proven (what failed came after): it may have
-    died since, so it is started again where it is down (the driver keeps one that serves) and its
-    version checked. Its fingerprint is not: users may have written to it since it was proven."""
-    yield from waits_of(env.driver.restore(marker["from_version"], marker.get("deployment") or {}))
+    died since, so it is started again where it is down, and left untouched where it serves (a Helm
+    rollback again would add a revision). Its version is checked; its fingerprint is not: users may
+    have written to it since it was proven."""
+    if not env.adapter.is_healthy():
+        yield from waits_of(env.driver.restore(marker["from_version"], marker.get("deployment") or {}))
     served = env.adapter.server_version()
     if served != marker["from_version"]:
         raise UpgradeError(f"{env.name}: the rollback's release had been started and proven, but {served} serves now, "
