@@ -12,6 +12,7 @@ USER airflow
 COPY --chown=airflow:root requirements.txt pyproject.toml README.md /opt/airlock/
 COPY --chown=airflow:root include /opt/airlock/include
 COPY --chown=airflow:root dags /opt/airlock/dags
+COPY --chown=airflow:root plugins /opt/airlock/plugins
 # The runtime part of requirements.txt (providers and Airlock's own dependencies; not the test tools),
 # with Airflow held at the image's version.
 RUN grep -E '^(apache-airflow-providers-|celery|redis|asyncpg|helm-python-sdk|psycopg2|PyYAML|packaging)' \
@@ -20,4 +21,5 @@ RUN grep -E '^(apache-airflow-providers-|celery|redis|asyncpg|helm-python-sdk|ps
  && pip install --no-cache-dir --no-deps -e /opt/airlock
 
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/airlock/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/airlock/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False

@@ -40,7 +40,7 @@ test: deps lint services
 	test $$main = 0 && test $$first = 0 && test $$second = 0
 
 lint: deps
-	$(VENV)/bin/ruff check include dags tests bench
+	$(VENV)/bin/ruff check include dags plugins tests bench
 
 deps: system-deps $(STAMP)
 

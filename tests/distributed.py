@@ -77,6 +77,7 @@ class DistributedAirflow:
                      "api": f"127.0.0.1:{API_PORT}"}
         return {**{name: value.format(**addresses) for name, value in EXECUTOR_SETTINGS.items()}, **self.secrets,
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "distributed_hostname.hostname",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:admin" for user in USERS),

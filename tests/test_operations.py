@@ -131,6 +131,7 @@ def test_a_patch_is_auto_approved_and_staging_waits_for_its_window(world, told):
     plan = xcom(run, "preflight.plan")
     assert (plan["from"], plan["to"], plan["production"]["change"]) == (OLD_PATCH, NEW_PATCH, "patch")
     assert plan["release_source"] == f"file {scenario.root.parent / 'mlflow-releases.txt'}"
+    assert plan["newest_release"] == "3.17.2"  # what the Upgrades page counts "behind" from
     assert "uat.approval" not in gate.bodies  # no gate was opened for anybody to answer
 
     staging_window = xcom(run, "staging_upgrade.window")

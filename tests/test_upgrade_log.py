@@ -45,6 +45,19 @@ def test_record_measures_phases_and_production_downtime():
     assert record["production_downtime_seconds"] == 30.0
     assert record["phase_seconds"] == {"preflight": 2.0, "staging_upgrade": 40.0, "production_upgrade": 31.0,
                                        "conclude": 1.0}
+    assert record["phase_spans"]["production_upgrade"] == ["2026-11-23T10:05:00+00:00", "2026-11-23T10:05:31+00:00"]
+    assert record["downtime_span"] == ["2026-11-23T10:05:01+00:00", "2026-11-23T10:05:31+00:00"]
+    assert record["versions_after"] == {"staging": "2.16.2", "production": "3.17.2"}  # staging never finished
+
+
+def test_versions_after_say_what_each_environment_runs_once_the_run_is_over():
+    plan = {**PLAN, "staging": {"current": "2.16.2"}}
+    staged = {"preflight.plan": plan, "staging_upgrade.finish_staging": {"finished": True}}
+    assert upgrade_log.versions_after("rejected", staged) == {"staging": "3.17.2", "production": "2.16.2"}
+    assert upgrade_log.versions_after("upgraded", staged) == {"staging": "3.17.2", "production": "3.17.2"}
+    assert upgrade_log.versions_after("rollback_failed", staged)["production"] is None
+    half = upgrade_log.versions_after("staging_rollback_failed", {"preflight.plan": plan})
+    assert half == {"staging": None, "production": "2.16.2"}
 
 
 def test_log_keeps_one_line_per_run_and_renders_markdown(tmp_path):

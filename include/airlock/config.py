@@ -487,6 +487,9 @@ class TargetConfig:
     run's end (airlock/production_slot.py): `airlock_<platform>` by default, shared by the platform's
     targets; "none" lets this target's production run beside any other."""
     source: str = ""
+    downtime_goal_minutes: float = 5
+    """How long production may be down in one upgrade: the Upgrades page holds each upgrade's downtime
+    against it (goals.downtime_minutes)."""
 
     @property
     def dag_id(self) -> str:
@@ -543,11 +546,14 @@ class TargetConfig:
         teams = TeamsConfig.read(r.child("teams", required=False), notify.from_email)
         notes = read_release_notes(r)
         pool = r.text("production_pool", default=f"airlock_{platform}", pattern=POOL)
+        goals = r.child("goals", required=False)
+        downtime_goal = goals.number("downtime_minutes", cls.downtime_goal_minutes, minimum=0, maximum=MINUTES_MAX)
+        goals.done()
         r.done()
         target = cls(name, platform, description, approvers, backup, log_dir, allow_minor_skips, drain,
                      compatibility, environments, watch, approval_timeout_minutes, scratch_conn_id, queue,
                      schedule, auto_approve, releases, notify, teams, notes, None if pool == "none" else pool,
-                     r.source)
+                     r.source, downtime_goal)
         target.check_database_kinds(r)
         return target
 

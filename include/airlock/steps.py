@@ -42,7 +42,7 @@ from airlock.releases import published_versions
 from airlock.resolution import Resolution, check_team_files
 from airlock.signing import SigningError
 from airlock.stores.base import FINGERPRINT, VERIFICATION, BackupStore
-from airlock.versions import LATEST_PATCH, PlanError, check_requested, parse_version, plan_upgrade
+from airlock.versions import LATEST_PATCH, PlanError, check_requested, parse_version, plan_upgrade, stable_versions
 from airlock.waits import Waiting, run_waits, waits_of
 from airlock.windows import WindowError, expected_duration, next_slot
 
@@ -114,7 +114,9 @@ def plan(target: TargetConfig, staging: Environment, production: Environment, re
     if plans["staging"].target != goal or (versions["staging"] not in (versions["production"], goal)):
         raise PlanError(f"staging runs {versions['staging']} and production {versions['production']}: "
                         f"staging must run the same version as production (or already {goal})")
+    stable = stable_versions(published)
     return {"from": versions["production"], "to": goal, "release_source": target.releases.describe(),
+            "newest_release": str(stable[-1]) if stable else None,
             "release_notes": hop_notes(target.platform, published, versions["production"], goal, target.release_notes),
             **{name: p.to_dict() for name, p in plans.items()}}
 

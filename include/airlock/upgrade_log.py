@@ -25,16 +25,33 @@ def seconds_between(start_iso: str | None, end_iso: str | None) -> float | None:
     return round((datetime.fromisoformat(end_iso) - datetime.fromisoformat(start_iso)).total_seconds(), 1)
 
 
-def phase_seconds(results: dict[str, dict | None]) -> dict[str, float]:
-    """Wall-clock span of each phase, from the first task's start to the last task's end."""
-    spans: dict[str, list[str]] = {}
+def phase_spans(results: dict[str, dict | None]) -> dict[str, list[str]]:
+    """[start, end] of each phase, from its first task's start to its last task's end, in the DAG's
+    order: the Upgrades page draws a run's timeline from them."""
+    times: dict[str, list[str]] = {}
     for task_id, result in results.items():
         if isinstance(result, dict) and result.get("_started_at"):
             phase = task_id.split(".", 1)[0]
-            spans.setdefault(phase, []).extend([result["_started_at"], result["_finished_at"]])
-    return {phase: seconds_between(min(times), max(times)) or 0.0
-            for phase, times in sorted(spans.items(), key=lambda item: PHASES.index(item[0])
-                                       if item[0] in PHASES else len(PHASES))}
+            times.setdefault(phase, []).extend([result["_started_at"], result["_finished_at"]])
+    ordered = sorted(times.items(), key=lambda item: PHASES.index(item[0]) if item[0] in PHASES else len(PHASES))
+    return {phase: [min(stamps), max(stamps)] for phase, stamps in ordered}
+
+
+def phase_seconds(results: dict[str, dict | None]) -> dict[str, float]:
+    """Wall-clock span of each phase, from the first task's start to the last task's end."""
+    return {phase: seconds_between(*span) or 0.0 for phase, span in phase_spans(results).items()}
+
+
+def versions_after(outcome: str, results: dict[str, dict | None]) -> dict[str, str | None]:
+    """What each environment runs once the run is over, as far as the run knows (None: half-upgraded)."""
+    plan = results.get("preflight.plan") or {}
+    old, new = plan.get("from"), plan.get("to")
+    production = {"upgraded": new, "finish_failed": new, "kept_after_failed_watch": new,
+                  "rollback_failed": None}.get(outcome, old)
+    staging_plan = plan.get("staging") or {}
+    staging = (new if results.get("staging_upgrade.finish_staging") or staging_plan.get("current") == new
+               else None if outcome == "staging_rollback_failed" else staging_plan.get("current", old))
+    return {"staging": staging, "production": production}
 
 
 def decide_outcome(results: dict[str, dict | None]) -> tuple[str, str]:
@@ -112,8 +129,10 @@ def build_record(target: str, run_id: str, started_at: str, results: dict[str, d
         "from": plan.get("from"), "to": plan.get("to"), "outcome": outcome, "detail": detail,
         "rolled_back": outcome == "rolled_back",
         "approver": approver_of(results.get("uat.approval") or {}),
-        "phase_seconds": phase_seconds(results),
+        "phase_seconds": phase_seconds(results), "phase_spans": phase_spans(results),
         "production_downtime_seconds": seconds_between(freeze.get("last_answered_at"), back_up),
+        "downtime_span": [freeze["last_answered_at"], back_up] if freeze.get("last_answered_at") and back_up else None,
+        "newest_release": plan.get("newest_release"), "versions_after": versions_after(outcome, results),
         "trigger": (results.get("preflight.validate") or {}).get("trigger", "manual"),
         "windows": {env: results[task] for env, task in WINDOW_TASKS.items() if results.get(task)},
     }
