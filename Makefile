@@ -7,10 +7,11 @@ STAMP     := $(VENV)/.airlock-installed
 TOOL_PKGS := mariadb-client mydumper postgresql-client-15 zstd
 # ^ the tools Airlock's tasks call: the Dockerfile installs the same (tests/test_compose.py checks it)
 DEB_PKGS  := default-libmysqlclient-dev pkg-config redis-server $(TOOL_PKGS)
+BROWSER_PKGS := chromium
 APT       := apt-get -o DPkg::Lock::Timeout=300 -y -qq
 SHELL     := /bin/bash
 
-.PHONY: demo test lint deps system-deps services clean
+.PHONY: demo test lint deps system-deps browser-deps services clean
 
 demo: deps
 	$(PY) -m airlock.demo.run
@@ -27,7 +28,7 @@ WAITING     := tests/test_upgrade_helm.py tests/test_drain_decision.py tests/tes
                tests/test_upgrade_sematic.py
 PYTEST      := $(PY) -m pytest -q -p no:cacheprovider --durations=20
 
-test: deps lint services
+test: deps browser-deps lint services
 	@$(PYTEST) $(DISTRIBUTED) > .test-distributed.log 2>&1 & distributed=$$!; \
 	$(PYTEST) $(WAITING) > .test-waiting.log 2>&1 & waiting=$$!; \
 	$(PYTEST) tests $(addprefix --ignore=,$(DISTRIBUTED) $(WAITING)) 2>&1 | tee .test-rest.log; main=$${PIPESTATUS[0]}; \
@@ -44,13 +45,22 @@ lint: deps
 
 deps: system-deps $(STAMP)
 
-system-deps:
-	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages named in $(1) that are missing (sudo when not root).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO $(APT) install $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(DEB_PKGS))
+
+# The Upgrades page's browser test (tests/test_distributed.py) runs Debian's chromium headless.
+browser-deps:
+	$(call apt_install,$(BROWSER_PKGS))
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
