@@ -320,16 +320,29 @@ def cut_during_backup(db, store) -> DatabaseError | None:
     return None
 
 
-def test_dump_progress_is_logged_while_it_runs(tmp_path, caplog, monkeypatch):
+def test_dump_verify_and_restore_log_progress_while_they_run(tmp_path, caplog, monkeypatch):
     db = new_database("airlock_it_progress", tool="mysqldump")
     try:
         execute(db, "CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)",
                 "INSERT INTO big SELECT seq, TO_BASE64(RANDOM_BYTES(300)) FROM seq_1_to_200000")
         monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", "0.2")
-        caplog.set_level("INFO", logger="airlock.backup")
-        take_backup(db, store_in(tmp_path), "b1", META)
-        lines = [r.getMessage() for r in caplog.records if r.name == "airlock.backup"]
-        assert lines and all(f"dumping {db.params.database}:" in line and "MB/s" in line for line in lines)
+        caplog.set_level("INFO", logger="airlock")
+        store = store_in(tmp_path)
+        take_backup(db, store, "b1", META)
+        dumped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dumping ")]
+        assert len(dumped) >= 2 and all(f"dumping {db.params.database}: " in line and "MB/s" in line
+                                        for line in dumped[:-1]), dumped
+        assert dumped[-1].startswith(f"dumping {db.params.database}: done in ")
+
+        caplog.clear()
+        verify_backup(db, store, "b1")
+        loading = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading backup b1 into ")]
+        assert len(loading) >= 2 and " so far" in loading[0] and loading[-1].split(": ")[-1].startswith("done in ")
+
+        caplog.clear()
+        restore_backup(db, store, "b1")  # the verification took about as long: the time left is known
+        restoring = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading backup b1 into ")]
+        assert any("left (it took" in line or "longer than the" in line for line in restoring), restoring
     finally:
         db.drop()
 

@@ -33,10 +33,12 @@ from airlock import upgrade_log
 from airlock.airflow_api import AirflowApi
 from airlock.backups import read_manifest
 from airlock.helm import SdkHelm
-from airlock.http import ServerError
+from airlock.http import ServerError, request_text
 from airlock.operators import RollbackDecisionOperator
 from airlock.production_slot import ensure_pool
 from airlock.stores.s3 import S3BackupStore
+from airlock.upgrades_page import duration
+from browser import browser_page, distinct_colours, log_in
 from conftest import platform_venvs
 from distributed import (
     REPO,
@@ -237,6 +239,36 @@ def test_a_process_targets_upgrade_runs_every_task_on_the_worker_of_its_queue(wo
     assert len(ran) > 20
     assert set(ran.values()) == {"worker-a"}, ran  # worker-b takes `default`, never the servers' queue
     assert {ti["queue"] for ti in tis if ti["task_id"] in ran} == {SERVERS_QUEUE}
+
+
+def test_the_upgrades_page_shows_that_upgrade_to_a_logged_in_user_in_a_real_browser(world, calm_runs):
+    """Headless chromium logs in through Airflow's login page and opens the plugin's page of the target
+    the distributed Airflow just upgraded: its row, its timeline and the KPIs; nobody gets it anonymously."""
+    scenario, airflow = world[0]["process"], world[1]
+    result = calm_runs["process"]
+    assert result["finished"]["state"] == "success"
+    path = f"/airlock/upgrades/targets/{scenario.name}"
+    with pytest.raises(ServerError, match="401"):
+        request_text(airflow.api_url + path)
+    password = json.loads((airflow.root / "passwords.json").read_text())["admin"]
+    record = last_record(scenario)
+    with browser_page() as page:
+        log_in(page, airflow.api_url, "admin", password, path)
+        row = page.locator("tr", has=page.locator(f'a:text-is("{result["run_id"]}")'))
+        cells = row.locator("td").all_inner_texts()
+        assert cells[1:6] == ["upgrade", f"{OLD} → {NEW}", "upgraded", "admin",
+                              duration(record["production_downtime_seconds"])], cells
+        phases = row.locator("svg.timeline rect.phase")
+        assert phases.count() == len(record["phase_spans"]) >= 7  # preflight … conclude, each a bar
+        assert row.locator("svg.timeline rect.downtime").count() == 1
+        kpis = page.locator(f"#target-{scenario.name} .kpis").inner_text()
+        assert f"median {duration(record['production_downtime_seconds'])}" in kpis
+        assert "0% (0 of 1)" in kpis  # rollback rate: one production upgrade, not rolled back
+        shot = airflow.root / "upgrades-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert distinct_colours(shot) > 20, f"the screenshot {shot} is blank"
+        row.locator("a").first.click()  # to the DAG run in Airflow's own UI
+        page.wait_for_url(f"**/dags/{result['dag_id']}/runs/**")
 
 
 def test_production_upgrades_of_one_platform_take_turns_through_its_pool(world, calm_runs):

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from airlock import upgrade_log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,3 +124,4 @@ def test_the_page_is_in_the_airflow_navigation(api):
     plugins = httpx.get(url + "/api/v2/plugins", headers=logged_in(api, "admin")).json()["plugins"]
     views = [view for plugin in plugins if plugin["name"] == "airlock_upgrades" for view in plugin["external_views"]]
     assert views and views[0]["href"] == "airlock/upgrades" and views[0]["destination"] == "nav"
+

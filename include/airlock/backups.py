@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import BinaryIO
 
 from airlock.artifacts.base import INVENTORY, ArtifactStore, keep_artifacts
 from airlock.databases.base import Database, TableStats
+from airlock.progress import ticking
 from airlock.signing import SigningError
 from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore, MissingFile
 
@@ -208,18 +210,58 @@ def zstd_content_size(header: bytes) -> int | None:
     return value + 256 if size == 2 else value
 
 
+class ByteCount:
+    """Bytes read so far, across threads: what a progress line measures."""
+
+    def __init__(self):
+        self.value, self.lock = 0, threading.Lock()
+
+    def add(self, amount: int) -> None:
+        with self.lock:
+            self.value += amount
+
+
+class CountingReader:
+    """A stream whose reads are counted."""
+
+    def __init__(self, stream: BinaryIO, count: ByteCount):
+        self.stream, self.count = stream, count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count.add(len(data))
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def counted(store: BackupStore, manifest: Manifest, name: str, count: ByteCount) -> Iterator[BinaryIO]:
+    with opened(store, manifest, name) as stream:
+        yield CountingReader(stream, count)
+
+
 def load_backup(db: Database, store: BackupStore, manifest: Manifest) -> None:
     """From the set's folder (a local store), from its objects streamed, or, for a dump that only
-    loads from files (mydumper's), from its objects downloaded side by side into a temporary folder."""
-    directory = store.directory(manifest.backup_id)
+    loads from files (mydumper's), from its objects downloaded side by side into a temporary folder;
+    with progress lines (the bytes read where they can be counted, else the time the verification took)."""
+    directory, read = store.directory(manifest.backup_id), ByteCount()
+    total = sum(int(entry["bytes"]) for entry in manifest.files.values())
+    what = f"loading backup {manifest.backup_id} into {db.describe()}"
+    before = (store.read_json(manifest.backup_id, VERIFICATION) or {}).get("seconds")
     if directory is not None:
-        db.load(directory, manifest.facts)
+        with ticking(what, expected_seconds=before):
+            db.load(directory, manifest.facts)
     elif downloads(db, store, manifest):
         with tempfile.TemporaryDirectory(prefix="airlock-download-") as scratch:
-            download_side_by_side(store, manifest, Path(scratch))
-            db.load(Path(scratch), manifest.facts)
+            with ticking(f"downloading backup {manifest.backup_id}", measure=lambda: read.value, total=total):
+                download_side_by_side(store, manifest, Path(scratch), read)
+            with ticking(what, expected_seconds=before):
+                db.load(Path(scratch), manifest.facts)
     else:
-        db.load_stream(lambda name: opened(store, manifest, name), manifest.facts)
+        with ticking(what, measure=lambda: read.value, total=total):
+            db.load_stream(lambda name: counted(store, manifest, name, read), manifest.facts)
 
 
 def downloads(db: Database, store: BackupStore, manifest: Manifest) -> bool:
@@ -234,12 +276,12 @@ def check_files_before_load(db: Database, store: BackupStore, manifest: Manifest
         check_files(store, manifest)
 
 
-def download_side_by_side(store: BackupStore, manifest: Manifest, folder: Path) -> None:
+def download_side_by_side(store: BackupStore, manifest: Manifest, folder: Path, read: ByteCount) -> None:
     """Every file of the set into `folder`, DOWNLOADS at a time, each checked against the manifest's sha256."""
     def download(name: str) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        with opened(store, manifest, name) as source, open(folder / name, "wb") as out:
+        with counted(store, manifest, name, read) as source, open(folder / name, "wb") as out:
             for block in iter(lambda: source.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)

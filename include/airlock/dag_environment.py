@@ -100,6 +100,12 @@ def pause_steps(target: TargetConfig, name: str) -> tuple[list, list]:
                        trigger_rule="all_done")])
 
 
+def rehearsed_seconds() -> float | None:
+    """How long the rehearsal's migration took on a copy: what the real one's progress lines expect."""
+    rehearsal = get_current_context()["ti"].xcom_pull(task_ids="compatibility.rehearse_migration") or {}
+    return rehearsal.get("migration_seconds")
+
+
 def helm_wait(target: TargetConfig, name: str, what: str) -> list:
     """For a Helm target: the deferrable wait for the migration Job, or for the rollout."""
     driver = target.environment(name).driver
@@ -161,7 +167,7 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
         step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
         *rds_snapshot_steps(target, name, env),
-        step_task("migrate", lambda: steps.migrate(env(), run_id())),
+        step_task("migrate", lambda: steps.migrate(env(), run_id(), rehearsed_seconds())),
         *helm_wait(target, name, "migration"),
         *migrated_data_steps(target, name, env, at_start=False),
         step_task("start", lambda: steps.start(env(), run_id())),

@@ -36,6 +36,7 @@ from airlock.environment import Environment, shared_databases
 from airlock.http import answers
 from airlock.migrated_data import compare_migrated, listed
 from airlock.platforms.base import PlatformAdapter
+from airlock.progress import ticking
 from airlock.rds import RdsSnapshots, snapshot_id_for
 from airlock.release_notes import hop_notes
 from airlock.releases import published_versions
@@ -415,7 +416,9 @@ def rds_snapshot(env: Environment, run_id: str) -> dict:
     return result
 
 
-def migrate(env: Environment, run_id: str) -> dict:
+def migrate(env: Environment, run_id: str, expected_seconds: float | None = None) -> dict:
+    """The new version's migration, once the verified final backup (and RDS snapshot) exist; its
+    progress lines expect as long as the rehearsal took."""
     marker = marker_of_run(env, run_id)
     if marker is None:
         return {"skipped": f"{env.name} is not being upgraded by this run"}
@@ -429,7 +432,10 @@ def migrate(env: Environment, run_id: str) -> dict:
     marker["migration_started"] = True
     env.store.mark_in_progress(marker)
     version = marker["to_version"]
-    return {"to_version": version, **env.driver.launch_migration(version, marker.get("attempt", 1))}
+    with ticking(f"migrating {env.name}'s database to {env.target.platform} {version}",
+                 expected_seconds=expected_seconds):
+        launched = env.driver.launch_migration(version, marker.get("attempt", 1))
+    return {"to_version": version, **launched}
 
 
 def start(env: Environment, run_id: str) -> Waiting:

@@ -9,7 +9,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from airlock.progress import clock, progress_line
 from airlock.waits import MAX_CONSECUTIVE_ERRORS, CheckFailed, backoff_seconds, load_check
+
+WAIT_LOG_SECONDS = 300
+"""A wait for a maintenance window logs how long is left this often."""
 
 
 def drain_check(platform: str, url: str, stale_after_minutes: float, auth_conn_id: str | None = None,
@@ -26,7 +30,10 @@ def drain_check(platform: str, url: str, stale_after_minutes: float, auth_conn_i
         raise CheckFailed(str(error)) from None
     runs = [{"description": run.describe(), "stale": run.stale} for run in found]
     active = [run for run in runs if not run["stale"]]
-    return {"done": not active, "runs": active or runs}
+    listed = "; ".join(run["description"] for run in active[:3]) + (f"; and {len(active) - 3} more"
+                                                                     if len(active) > 3 else "")
+    return {"done": not active, "runs": active or runs,
+            "progress": f"{len(active)} run(s) still going on {environment or url}: {listed}" if active else ""}
 
 
 def snapshot_check(aws_conn_id: str, instance_id: str, snapshot_id: str) -> dict:
@@ -55,7 +62,7 @@ class PollTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
-        check, polls, errors = load_check(self.check), 0, 0
+        check, polls, errors, started = load_check(self.check), 0, 0, datetime.now(UTC)
         while True:
             polls += 1
             try:
@@ -81,7 +88,9 @@ class PollTrigger(BaseTrigger):
             if datetime.now(UTC) >= deadline:
                 yield TriggerEvent({**result, "status": "timeout", "polls": polls})
                 return
-            self.log.info("not yet (%s); next look in %ss", self.check, self.poll_interval)
+            self.log.info("%s; gives up in %s", progress_line(
+                f"waiting ({self.check.rsplit(':', 1)[-1]})", (datetime.now(UTC) - started).total_seconds(),
+                detail=result.get("progress", "")), clock((deadline - datetime.now(UTC)).total_seconds()))
             await asyncio.sleep(self.poll_interval)
 
 
@@ -121,8 +130,9 @@ def serving_check(platform: str, url: str, auth_conn_id: str | None, environment
     except ServerError as error:
         if exited(process):
             raise CheckFailed(f"the server (pid {process['pid']}) exited while starting") from None
-        return {"done": False, "answer": str(error)[-300:]}
-    return {"done": served == version, **({"serving": served} if version else {})}
+        return {"done": False, "answer": str(error)[-300:], "progress": f"not answering yet: {str(error)[-200:]}"}
+    return {"done": served == version, **({"serving": served} if version else {}),
+            "progress": f"answers, serving {served} (waiting for {version})" if served != version else ""}
 
 
 def watch_probe(platform: str, url: str, auth_conn_id: str | None, environment: str, version: str,
@@ -206,5 +216,6 @@ class WaitUntilTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         moment = datetime.fromisoformat(self.moment)
         while (remaining := (moment - datetime.now(UTC)).total_seconds()) > 0:
-            await asyncio.sleep(min(remaining, 60))
+            self.log.info("waiting until %s: %s to go", self.moment, clock(remaining))
+            await asyncio.sleep(min(remaining, WAIT_LOG_SECONDS))
         yield TriggerEvent({"moment": self.moment, "since": self.since})

@@ -180,6 +180,13 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def short_date(iso: str | None) -> str:
+    """2026-11-20 10:00 (UTC offset dropped when it is UTC): the history is read down a column."""
+    if not iso:
+        return "?"
+    return iso.replace("T", " ")[:16] + ("" if iso.endswith(("+00:00", "Z")) or len(iso) <= 19 else f" {iso[19:]}")
+
+
 def run_link(root: str, record: dict) -> str:
     dag_id = (f"airlock_rollback__{record['target']}" if record.get("kind") == "rollback"
               else f"airlock_upgrade__{record['target']}")
@@ -239,10 +246,10 @@ def history_rows(root: str, records: list[dict]) -> str:
         outcome = r.get("outcome", "?")
         what = "rollback of " + str(r.get("environment")) if r.get("kind") == "rollback" else "upgrade"
         rows.append(
-            f'<tr class="{"bad" if outcome in BAD_OUTCOMES else "good"}"><td>{escape(str(r.get("date")))}</td>'
+            f'<tr><td>{escape(short_date(r.get("date")))}</td>'
             f'<td>{escape(what)}</td><td>{escape(str(r.get("from") or "?"))} → {escape(str(r.get("to") or "?"))}</td>'
-            f'<td title="{escape(str(r.get("detail") or ""))}">{escape(outcome)}</td>'
-            f'<td>{escape(str(r.get("approver") or "—"))}</td>'
+            f'<td class="{"bad" if outcome in BAD_OUTCOMES else "good"}" title="{escape(str(r.get("detail") or ""))}">'
+            f'{escape(outcome)}</td><td>{escape(str(r.get("approver") or "—"))}</td>'
             f'<td>{duration(r.get("production_downtime_seconds"))}</td>'
             f'<td>{"yes" if r.get("rolled_back") else "no"}</td><td>{run_link(root, r)}</td>'
             f'<td>{timeline_svg(r)}</td></tr>')
@@ -300,7 +307,7 @@ def in_flight_section(root: str, views: list[TargetView], in_flight: list[InFlig
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}h1{margin-bottom:0}
 table{border-collapse:collapse;width:100%;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:3px 6px;
-text-align:left;vertical-align:top}tr.bad td:nth-child(4){color:#b00020;font-weight:600}
+text-align:left;vertical-align:top}td.bad{font-weight:600}
 .good{color:#1b7f3b}.bad{color:#b00020}.muted{color:#777}.kpis{display:flex;gap:1.5em;margin:.5em 0 1em}
 .kpi{background:#f5f5f5;padding:.5em .8em;border-radius:4px}section{margin-bottom:2em}
 #in-flight li.marker{color:#b00020}small{color:#777;font-weight:normal}"""

@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from airlock.child_env import child_env
+from airlock.progress import ticking
 
 log = logging.getLogger("airlock.backup")
 
@@ -295,28 +294,13 @@ def run_checked(argv: list[str], what: str) -> None:
         raise DatabaseError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
 
 
-@contextmanager
-def progress_log(directory: Path, tables: int, what: str) -> Iterator[None]:
-    """Log how far a dump is (bytes written, rate, tables done) every few seconds
-    ($AIRLOCK_PROGRESS_SECONDS, default 5)."""
-    every = float(os.environ.get("AIRLOCK_PROGRESS_SECONDS") or 5)
-    done = threading.Event()
-    started = time.monotonic()
+def progress_log(directory: Path, tables: int, what: str):
+    """Progress lines of a dump: bytes written into `directory`, the rate, tables started."""
+    def written() -> float:
+        return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
-    def report() -> None:
-        while not done.wait(every):
-            files = [p for p in directory.rglob("*") if p.is_file()]
-            size = sum(p.stat().st_size for p in files)
-            started_tables = sum(p.name.endswith("-schema.sql") for p in files)
-            seconds = time.monotonic() - started
-            tables_text = f", {started_tables} of {tables} tables started" if started_tables else ""
-            log.info("dumping %s: %.1f MB written, %.1f MB/s%s", what, size / 1e6, size / 1e6 / seconds,
-                     tables_text)
+    def started() -> str:
+        count = sum(1 for _ in directory.rglob("*-schema.sql"))
+        return f"{count} of {tables} tables started" if count else ""
 
-    thread = threading.Thread(target=report, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    return ticking(f"dumping {what}", measure=written, detail=started, logger=log)

@@ -1,9 +1,13 @@
 """`make demo`: upgrade two MLflow servers from 2.16.2 to 3.17.2 through a real Airflow.
 
 Starts MLflow staging and production (SQLite, local processes) with seeded data, starts
-`airflow standalone`, triggers the upgrade DAG through the REST API, answers the approval gate
-through the REST API as a person's tool would, prints each phase as it completes and the upgrade
-report, and stops everything it started, also on failure or Ctrl-C.
+`airflow standalone`, triggers the upgrade DAG through the REST API, prints each phase as it completes,
+the upgrade report and where the Upgrades page is, and stops everything it started, also on failure or
+Ctrl-C.
+
+APPROVE=auto (the default) answers the approval gate through the REST API as a person's tool would;
+APPROVE=ui prints the gate's link and the login, and waits for a person to click Approve or Reject.
+KEEP=1 leaves Airflow and both servers running at the end, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,6 +39,21 @@ PHASES = ("preflight", "backup_and_prepare", "compatibility", "staging_upgrade",
           "production_upgrade", "conclude")
 SIGNING_KEY_ENV = "AIRFLOW_VAR_AIRLOCK_BACKUP_SIGNING_KEY"
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
+APPROVE_MODES = ("auto", "ui")
+
+
+class DemoSettings:
+    """APPROVE and KEEP from the environment (make demo APPROVE=ui KEEP=1), refused before anything starts."""
+
+    def __init__(self, environ: dict[str, str]):
+        self.approve = environ.get("APPROVE") or "auto"
+        if self.approve not in APPROVE_MODES:
+            raise SystemExit(f"APPROVE={self.approve!r}: expected one of {', '.join(APPROVE_MODES)} "
+                             "(auto: the demo answers the gate; ui: you click Approve or Reject in the UI)")
+        keep = environ.get("KEEP") or "0"
+        if keep not in ("0", "1"):
+            raise SystemExit(f"KEEP={keep!r}: expected 1 (leave Airflow and the servers running) or 0")
+        self.keep = keep == "1"
 
 
 def say(text: str) -> None:
@@ -70,6 +89,7 @@ def airflow_env(home: Path, port: int, users: str = "admin:admin") -> dict[str, 
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__API__PORT": str(port),
@@ -157,8 +177,9 @@ def wait_for_dag(api: AirflowApi, dag_id: str = DAG_ID) -> None:
     raise RuntimeError(f"{dag_id} was not parsed within 180 s; check `airflow dags list-import-errors`")
 
 
-def follow_run(api: AirflowApi, run_id: str) -> str:
-    """Print tasks and phases as they finish; answer the gate; return the run's final state."""
+def follow_run(api: AirflowApi, run_id: str, approve: str = "auto", home: Path | None = None) -> str:
+    """Print tasks and phases as they finish; answer the gate (or show a person where to); return the
+    run's final state."""
     seen: dict[str, str] = {}
     phases_done: set[str] = set()
     answered = False
@@ -175,12 +196,26 @@ def follow_run(api: AirflowApi, run_id: str) -> str:
                 phases_done.add(phase)
                 say(f"phase {phase} complete")
         if not answered and states.get("uat.approval") == "awaiting_input":
-            answer_gate(api, run_id)
+            if approve == "ui":
+                show_gate(api, run_id, home)
+            else:
+                answer_gate(api, run_id)
             answered = True
         run = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
         if run["state"] in ("success", "failed"):
             return run["state"]
         time.sleep(2)
+
+
+def show_gate(api: AirflowApi, run_id: str, home: Path | None) -> None:
+    """APPROVE=ui: where the person answers, and the login to do it with."""
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"] if home \
+        else "(see simple_auth_manager_passwords.json.generated)"
+    say("The approval gate is waiting for you. Open Airflow, log in, and click Approve or Reject:")
+    say(f"    {api.url}/dags/{DAG_ID}/runs/{run_id}/required_actions  (this run's gate, uat.approval)")
+    say(f"    {api.url}/required_actions  (Browse → Required Actions: every gate waiting)")
+    say(f"    login: admin / {password}")
+    say("Waiting for your answer (Ctrl-C stops the demo and everything it started).")
 
 
 READING_SECONDS = 8
@@ -205,7 +240,21 @@ def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def print_where_to_look(api_url_: str, keep: bool) -> None:
+    say(f"Upgrades page: {api_url_}/airlock/upgrades (in the UI: {api_url_}/plugin/airlock-upgrades, "
+        "the Upgrades entry of the navigation)")
+    if keep:
+        say("KEEP=1: Airflow and both MLflow servers stay up; Ctrl-C stops them all.")
+
+
+def wait_for_ctrl_c() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
 def main() -> int:
+    settings = DemoSettings(dict(os.environ))
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # a killed demo still stops what it started
     started = time.monotonic()
     data_dir = Path(os.environ.setdefault("AIRLOCK_DATA_DIR", "/tmp/airlock-demo"))
@@ -222,12 +271,15 @@ def main() -> int:
         run = api.call("POST", f"/dags/{DAG_ID}/dagRuns",
                        {"logical_date": None, "conf": {"target_version": NEW, "watch_seconds": 10}})
         say(f"triggered {DAG_ID} run {run['dag_run_id']} with target_version={NEW}")
-        state = follow_run(api, run["dag_run_id"])
+        state = follow_run(api, run["dag_run_id"], settings.approve, data_dir / "airflow-home")
         say(f"run finished: {state}")
         print((Path(target.log_dir) / upgrade_log.MARKDOWN).read_text(), flush=True)
         for env in envs:
             say(f"{env.name} now serves MLflow {env.adapter.server_version()}")
         say(f"demo took {time.monotonic() - started:.0f} s")
+        print_where_to_look(api.url, settings.keep)
+        if settings.keep:
+            wait_for_ctrl_c()
         return 0 if state == "success" else 1
     finally:
         if airflow is not None:

@@ -383,7 +383,7 @@ def job_check(conn_id: str, namespace: str, name: str) -> dict:
     kube = kube_for(conn_id)
     state = kube.job_state(namespace, name)
     if state == "running":
-        return {"done": False, "state": state, "job": name}
+        return {"done": False, "state": state, "job": name, "progress": f"migration job {namespace}/{name} running"}
     return {"done": True, "state": state, "job": name, "namespace": namespace,
             "image": kube.job_image(namespace, name), "logs": redact_text(kube.job_logs(namespace, name)[-4000:])}
 
@@ -409,7 +409,7 @@ def rolled_out(tag: str):
 def rollout_check(conn_id: str, namespace: str, deployment: str, image_tag: str) -> dict:
     """Done when every replica of the Deployment runs `image_tag` and is available."""
     rollout = kube_for(conn_id).rollout(namespace, deployment)
-    return {"done": rolled_out(image_tag)(rollout), "rollout": rollout.describe()}
+    return {"done": rolled_out(image_tag)(rollout), "rollout": rollout.describe(), "progress": rollout.describe()}
 
 
 def scaled_to_zero_check(conn_id: str, namespace: str, deployments: list[str]) -> dict:
