@@ -25,7 +25,7 @@ demo: deps
 # fails the target.
 DISTRIBUTED := tests/test_distributed.py tests/test_resolution.py tests/test_upgrade_zenml.py
 WAITING     := tests/test_upgrade_helm.py tests/test_drain_decision.py tests/test_operations.py \
-               tests/test_upgrade_sematic.py
+               tests/test_upgrade_sematic.py tests/test_demo.py
 PYTEST      := $(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 test: deps browser-deps lint services

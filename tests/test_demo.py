@@ -77,6 +77,11 @@ def test_the_demo_hands_the_gate_to_a_person_and_keeps_everything_up_until_ctrl_
         password = read_until(lines, seen, r"login: admin / (\S+)", 10).group(1)
         phases_before_gate = [m.group(1) for line in seen if (m := PHASE_LINE.search(line))]
         assert phases_before_gate[:4] == ["preflight", "backup_and_prepare", "compatibility", "staging_upgrade"]
+        token = httpx.post(f"http://127.0.0.1:{AIRFLOW}/auth/token",
+                           json={"username": "admin", "password": password}).json()["access_token"]
+        waiting = httpx.get(f"http://127.0.0.1:{AIRFLOW}/airlock/upgrades",
+                            headers={"Authorization": f"Bearer {token}"}).text
+        assert "uat.approval waiting at a gate" in waiting  # in flight now, on the Upgrades page
         approve_in_the_ui(gate, f"http://127.0.0.1:{AIRFLOW}", "admin", password)
         page = read_until(lines, seen, r"Upgrades page: (http://\S+/airlock/upgrades) ", 900).group(1)
         read_until(lines, seen, r"KEEP=1: Airflow and both MLflow servers stay up; Ctrl-C stops them all", 10)
@@ -88,8 +93,6 @@ def test_the_demo_hands_the_gate_to_a_person_and_keeps_everything_up_until_ctrl_
         time.sleep(5)  # still up after the run
         assert demo.poll() is None
         assert httpx.get(f"http://127.0.0.1:{PRODUCTION}/version").text.strip() == "3.17.2"
-        token = httpx.post(f"http://127.0.0.1:{AIRFLOW}/auth/token",
-                           json={"username": "admin", "password": password}).json()["access_token"]
         shown = httpx.get(page, headers={"Authorization": f"Bearer {token}"})
         assert shown.status_code == 200 and "upgraded" in shown.text and "2.16.2 → 3.17.2" in shown.text
 

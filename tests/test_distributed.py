@@ -269,6 +269,9 @@ def test_the_upgrades_page_shows_that_upgrade_to_a_logged_in_user_in_a_real_brow
         assert distinct_colours(shot) > 20, f"the screenshot {shot} is blank"
         row.locator("a").first.click()  # to the DAG run in Airflow's own UI
         page.wait_for_url(f"**/dags/{result['dag_id']}/runs/**")
+        page.goto(f"{airflow.api_url}/plugin/airlock-upgrades")  # the navigation's entry: the page in a frame
+        framed = page.frame_locator("iframe").locator(f"#target-{scenario.name}")
+        assert result["run_id"] in framed.inner_text(timeout=30_000)
 
 
 def test_production_upgrades_of_one_platform_take_turns_through_its_pool(world, calm_runs):

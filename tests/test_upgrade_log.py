@@ -38,13 +38,14 @@ def test_record_measures_phases_and_production_downtime():
         "production_upgrade.stop": timed("05:00", "05:04", last_answered_at="2026-11-23T10:05:01+00:00"),
         "production_upgrade.health": timed("05:30", "05:31", healthy_at="2026-11-23T10:05:31+00:00"),
         "conclude.finish": {"finished": True, **timed("06:00", "06:01")},
-        "uat.approval": {"chosen_options": ["Approve"], "responded_by_user": {"id": "alice", "name": "Alice"}},
+        "uat.approval": {"chosen_options": ["Approve"], "responded_by_user": {"id": "alice", "name": "Alice"},
+                         **timed("02:00", "04:30")},  # the gate records how long it waited
     }
     record = build_record("team_a", "run-1", "2026-11-23T10:00:00+00:00", results)
     assert record["outcome"] == "upgraded" and record["approver"] == "Alice"
     assert record["production_downtime_seconds"] == 30.0
-    assert record["phase_seconds"] == {"preflight": 2.0, "staging_upgrade": 40.0, "production_upgrade": 31.0,
-                                       "conclude": 1.0}
+    assert record["phase_seconds"] == {"preflight": 2.0, "staging_upgrade": 40.0, "uat": 150.0,
+                                       "production_upgrade": 31.0, "conclude": 1.0}
     assert record["phase_spans"]["production_upgrade"] == ["2026-11-23T10:05:00+00:00", "2026-11-23T10:05:31+00:00"]
     assert record["downtime_span"] == ["2026-11-23T10:05:01+00:00", "2026-11-23T10:05:31+00:00"]
     assert record["versions_after"] == {"staging": "2.16.2", "production": "3.17.2"}  # staging never finished

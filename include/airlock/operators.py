@@ -335,15 +335,24 @@ class MaintenanceWindowOperator(BaseOperator):
 class RecordsDecision:
     """Pushes who answered a gate, what, and when under XCom key "decision", whatever the answer:
     on Reject the stock ApprovalOperator skips downstream tasks without pushing its result, and
-    the upgrade log must still say who decided."""
+    the upgrade log must still say who decided. It also says from when to when the gate waited
+    (`_started_at`, `_finished_at`), so the run's timeline shows a long gate."""
+
+    def execute(self, context):
+        context["ti"].xcom_push(key="asked_at", value=now_iso())
+        return super().execute(context)
 
     def execute_complete(self, context, event: dict[str, Any]):
         if "error" not in event:
             responded_at = event.get("responded_at")
+            responded = responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at
+            ti = context["ti"]
             context["ti"].xcom_push(key="decision", value={
                 "chosen_options": list(event["chosen_options"]),
                 "responded_by_user": event.get("responded_by_user"),
-                "responded_at": responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
+                "responded_at": responded,
+                "_started_at": ti.xcom_pull(task_ids=ti.task_id, key="asked_at") or responded,
+                "_finished_at": now_iso(),
             })
         return super().execute_complete(context, event)
 
@@ -362,8 +371,9 @@ class UpgradeApprovalOperator(RecordsDecision, ApprovalOperator):
         if reason is None:
             return super().execute(context)
         self.log.info("auto-approved without asking: %s", reason)
+        now = now_iso()
         decision = {"chosen_options": ["Approve"], "responded_by_user": None, "auto_approved": reason,
-                    "responded_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                    "responded_at": now, "_started_at": now, "_finished_at": now}
         context["ti"].xcom_push(key="decision", value=decision)
         return decision
 

@@ -34,7 +34,8 @@ def phase_spans(results: dict[str, dict | None]) -> dict[str, list[str]]:
             phase = task_id.split(".", 1)[0]
             times.setdefault(phase, []).extend([result["_started_at"], result["_finished_at"]])
     ordered = sorted(times.items(), key=lambda item: PHASES.index(item[0]) if item[0] in PHASES else len(PHASES))
-    return {phase: [min(stamps), max(stamps)] for phase, stamps in ordered}
+    return {phase: [min(stamps, key=datetime.fromisoformat), max(stamps, key=datetime.fromisoformat)]
+            for phase, stamps in ordered}
 
 
 def phase_seconds(results: dict[str, dict | None]) -> dict[str, float]:

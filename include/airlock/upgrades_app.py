@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from airlock import upgrade_log
 from airlock.config import ENVIRONMENTS, TargetConfig, load_targets
+from airlock.config_reader import ConfigError
 from airlock.environment import log_place, open_store
 from airlock.upgrades_page import InFlight, TargetView, render_page
 
@@ -74,8 +75,16 @@ def waiting_task_instances(dag_ids: list[str]) -> tuple[list[InFlight], set[str]
             for dag_id, run_id, task_id, state, start in rows], running
 
 
+def targets() -> dict[str, TargetConfig]:
+    """The targets file, as the DAGs read it; a broken one is said (file, target, field), not a bare 500."""
+    try:
+        return load_targets()
+    except ConfigError as error:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"the targets file is broken: {error}") from None
+
+
 def readable_targets(user) -> dict[str, TargetConfig]:
-    return {name: target for name, target in load_targets().items() if may_read(user, target.dag_id)}
+    return {name: target for name, target in targets().items() if may_read(user, target.dag_id)}
 
 
 def page(targets: list[TargetConfig], root: str) -> HTMLResponse:
@@ -97,7 +106,7 @@ def upgrades(user: GetUserDep) -> HTMLResponse:
 
 @app.get(PAGE + "/targets/{name}", response_class=HTMLResponse)
 def one_target(name: str, user: GetUserDep) -> HTMLResponse:
-    target = load_targets().get(name)
+    target = targets().get(name)
     if target is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no target {name!r} in the targets file")
     if not may_read(user, target.dag_id):
