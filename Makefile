@@ -18,7 +18,7 @@ demo: deps
 
 # Three pytest sessions at once, each one test at a time: the distributed Airflow's module (then pip's
 # resolutions against the package index and ZenML's slow servers), the other modules that mostly
-# wait on servers (Helm on a kube-apiserver, drain decisions, schedules and windows, Sematic), and
+# wait on servers (Helm on a kube-apiserver, drain decisions, schedules and windows, Sematic, the demo), and
 # the rest. The first two write to .test-*.log,
 # printed after the rest's output; then every session's failures in one list, so the end of CI's
 # output says what failed even when its start is cut. Any session failing (or collecting nothing)

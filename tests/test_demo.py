@@ -101,6 +101,16 @@ def test_the_demo_hands_the_gate_to_a_person_and_keeps_everything_up_until_ctrl_
         read_until(lines, seen, r"stopped Airflow and both MLflow servers", 10)
         assert not [port for port in (STAGING, PRODUCTION, AIRFLOW) if port_open("127.0.0.1", port)]
     finally:
-        if demo.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(demo.pid, signal.SIGKILL)
+        stop(demo)
+
+
+def stop(demo: subprocess.Popen) -> None:
+    """A demo still running after a failure gets SIGTERM, on which it stops what it started; SIGKILL
+    only if that does not end it."""
+    for signum, grace in ((signal.SIGTERM, 120), (signal.SIGKILL, 10)):
+        if demo.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            demo.wait(timeout=grace)

@@ -256,6 +256,9 @@ def wait_for_ctrl_c() -> None:
 def main() -> int:
     settings = DemoSettings(dict(os.environ))
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # a killed demo still stops what it started
+    # Ctrl-C stops everything even where the demo was started in the background (a shell then starts
+    # it with SIGINT ignored, and Python leaves an ignored SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     data_dir = Path(os.environ.setdefault("AIRLOCK_DATA_DIR", "/tmp/airlock-demo"))
     os.environ.pop("AIRLOCK_TARGETS_FILE", None)  # the embedded default targets file
