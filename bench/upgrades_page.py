@@ -10,7 +10,6 @@ Prints the median of the rounds and, as its last line, the ratio to the bar (1 s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -20,8 +19,6 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BAR_SECONDS = 1.0
@@ -60,27 +57,17 @@ def write_world(folder: Path, targets: int, upgrades: int) -> Path:
     """A targets file of `targets` copies of the embedded target, each with its share of the upgrades
     in its log folder."""
     from airlock import upgrade_log
+    from airlock.demo.fleet import demo_fleet, write_targets_file
 
-    base = yaml.safe_load((REPO / "include" / "targets.yaml").read_text())["targets"]["mlflow_demo"]
-    rng, start, config = random.Random(7), datetime(2025, 1, 1, tzinfo=UTC), {}
-    for number in range(targets):
-        name, target = f"team_{number:02d}", copy.deepcopy(base)
-        target["log_dir"] = str(folder / name / "log")
-        target["backup"]["location"] = str(folder / "backups")
-        for offset, env in enumerate(("staging", "production")):
-            settings = target["environments"][env]
-            settings["url"] = f"http://127.0.0.1:{21000 + 2 * number + offset}"
-            settings["driver"]["state_dir"] = str(folder / name / env)
-            settings["database"]["path"] = str(folder / name / env / "mlflow.db")
-        config[name] = target
+    rng, start = random.Random(7), datetime(2025, 1, 1, tzinfo=UTC)
+    config = demo_fleet([f"team_{number:02d}" for number in range(targets)], folder, 21000, log_dirs=True)
+    for number, (name, target) in enumerate(config.items()):
         share = range(number, upgrades, targets)
         records = [record(name, n, start + timedelta(days=n // targets * 7, hours=number), rng) for n in share]
         log = Path(target["log_dir"])
         log.mkdir(parents=True)
         (log / upgrade_log.JSONL).write_text("".join(json.dumps(r) + "\n" for r in records))
-    path = folder / "targets.yaml"
-    path.write_text(yaml.safe_dump({"targets": config}))
-    return path
+    return write_targets_file(folder / "targets.yaml", config)
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import yaml
+from airlock.demo.fleet import demo_fleet, write_targets_file
 from conftest import REPO
 
 PHASES = ["preflight", "backup_and_prepare", "compatibility", "staging_upgrade", "uat", "production_slot",
@@ -269,3 +271,27 @@ def test_the_migrated_data_is_checked_before_the_start_or_right_after_a_hooks_ro
     if migration == "job":
         assert dag.get_task("production_upgrade.start").upstream_task_ids == {"production_upgrade.migrated_data"}
     assert dag.get_task("staging_upgrade.start").upstream_task_ids == {"staging_upgrade.migrated_data"}
+
+
+def test_copies_of_the_dag_file_named_as_shards_build_every_target_once(monkeypatch, tmp_path):
+    """A fleet too big for one file's import timeout is spread over airlock_upgrade_<i>of<n>.py."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    targets = demo_fleet([f"team_{number}" for number in range(12)], tmp_path, 24000)
+    monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(write_targets_file(tmp_path / "targets.yaml", targets)))
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for index in (1, 2, 3):
+        (dags / f"airlock_upgrade_{index}of3.py").write_text((REPO / "dags" / "airlock_upgrade.py").read_text())
+    bag = DagBag(dag_folder=str(dags))
+    assert bag.import_errors == {}
+    by_file = {Path(dag.fileloc).name: set() for dag in bag.dags.values()}
+    for dag in bag.dags.values():
+        by_file[Path(dag.fileloc).name].add(dag.dag_id)
+    assert len(by_file) == 3 and all(by_file.values()), by_file  # each copy builds a share
+    assert sorted(bag.dags) == sorted(f"airlock_{kind}__{name}" for name in targets for kind in ("upgrade", "rollback"))
+    assert sum(len(ids) for ids in by_file.values()) == len(bag.dags)  # no DAG built twice
+
+    (dags / "airlock_upgrade_4of3.py").write_text((REPO / "dags" / "airlock_upgrade.py").read_text())
+    errors = DagBag(dag_folder=str(dags)).import_errors
+    assert any("shard 4 of 3 does not exist" in message for message in errors.values()), errors

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from airlock import upgrade_log
+from airlock.demo.fleet import demo_fleet, write_targets_file
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 5298
@@ -27,25 +27,14 @@ GRANTS = {"carol": ["airlock_upgrade__team_a"]}
 
 def targets_file(root: Path) -> Path:
     """Two targets on local folders, each with one recorded upgrade in its log."""
-    base = yaml.safe_load((REPO / "include" / "targets.yaml").read_text())["targets"]["mlflow_demo"]
-    targets = {}
-    for number, name in enumerate(("team_a", "team_b")):
-        target = json.loads(json.dumps(base))
-        target["log_dir"] = str(root / name / "log")
-        target["backup"]["location"] = str(root / "backups")
-        for offset, env in enumerate(("staging", "production")):
-            target["environments"][env]["url"] = f"http://127.0.0.1:{23000 + 2 * number + offset}"
-            target["environments"][env]["driver"]["state_dir"] = str(root / name / env)
-            target["environments"][env]["database"]["path"] = str(root / name / env / "mlflow.db")
-        targets[name] = target
+    targets = demo_fleet(["team_a", "team_b"], root, 23000, log_dirs=True)
+    for name, target in targets.items():
         upgrade_log.append(target["log_dir"], {
             "date": "2026-11-20T10:00:00+00:00", "target": name, "run_id": f"manual__{name}_run", "from": "2.16.2",
             "to": "3.17.2", "outcome": "upgraded", "detail": "", "approver": "admin", "rolled_back": False,
             "phase_seconds": {"preflight": 5.0}, "production_downtime_seconds": 21.0,
             "phase_spans": {"preflight": ["2026-11-20T10:00:00+00:00", "2026-11-20T10:00:05+00:00"]}})
-    path = root / "targets.yaml"
-    path.write_text(yaml.safe_dump({"targets": targets}))
-    return path
+    return write_targets_file(root / "targets.yaml", targets)
 
 
 @pytest.fixture(scope="module")

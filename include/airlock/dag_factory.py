@@ -21,6 +21,7 @@ from airlock.airflow_api import PausedRecord
 from airlock.approval import approval_body, auto_approval, downtime_estimate
 from airlock.config import WATCH_MINUTES_MAX, TargetConfig, load_targets
 from airlock.dag_environment import environment_steps, pause_steps, window_steps
+from airlock.dag_shards import WHOLE, Shard
 from airlock.dag_tasks import (
     BACKOFF,
     NO_RETRY,
@@ -410,8 +411,9 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
     return with_params(dag, params(target))
 
 
-def build_upgrade_dags(path: str | None = None, only: str | None = None) -> dict[str, DAG]:
+def build_upgrade_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
     """Every target's DAG, keyed by dag_id (for `globals().update(...)` in the DAG file); only the
-    DAG `only` when one is named (a worker parsing the file to run one of its tasks)."""
+    DAG `only` when one is named (a worker parsing the file to run one of its tasks); only the
+    shard's targets in a DAG file that is one shard of several (airlock/dag_shards.py)."""
     return {target.dag_id: build_upgrade_dag(target) for target in load_targets(path).values()
-            if only in (None, target.dag_id)}
+            if only in (None, target.dag_id) and shard.holds(target.name)}

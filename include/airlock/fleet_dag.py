@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock import upgrade_log
 from airlock.config import load_fleets, load_targets
 from airlock.config_operations import FleetConfig
+from airlock.dag_shards import WHOLE, Shard
 from airlock.dag_tasks import dag_settings
 from airlock.environment import log_place
 from airlock.versions import LATEST_PATCH, MAX_VERSION_LENGTH, TARGET_VERSION_PATTERN
@@ -106,7 +107,7 @@ def outcome_of(target, run_id: str, started: bool) -> str:
     return f"started, no record in its upgrade log (see its run {run_id})" if started else "not started"
 
 
-def build_fleet_dags(path: str | None = None, only: str | None = None) -> dict[str, DAG]:
-    """Every fleet's DAG, keyed by dag_id (only `only` when one is named)."""
+def build_fleet_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
+    """Every fleet's DAG, keyed by dag_id (only `only` when one is named; only the shard's)."""
     return {fleet.dag_id: build_fleet_dag(fleet, path) for fleet in load_fleets(path).values()
-            if only in (None, fleet.dag_id)}
+            if only in (None, fleet.dag_id) and shard.holds(fleet.name)}

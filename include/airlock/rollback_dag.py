@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock import oncall, upgrade_log
 from airlock.config import ENVIRONMENTS, TargetConfig, load_targets
+from airlock.dag_shards import WHOLE, Shard
 from airlock.dag_tasks import (
     NO_RETRY,
     RETRY,
@@ -116,7 +117,7 @@ def build_rollback_dag(target: TargetConfig) -> DAG:
     return with_params(dag, params())
 
 
-def build_rollback_dags(path: str | None = None, only: str | None = None) -> dict[str, DAG]:
-    """Every target's rollback DAG, keyed by dag_id (only `only` when one is named)."""
+def build_rollback_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
+    """Every target's rollback DAG, keyed by dag_id (only `only` when one is named; only the shard's)."""
     return {f"airlock_rollback__{target.name}": build_rollback_dag(target) for target in load_targets(path).values()
-            if only in (None, f"airlock_rollback__{target.name}")}
+            if only in (None, f"airlock_rollback__{target.name}") and shard.holds(target.name)}
