@@ -59,6 +59,7 @@ def test_versions_after_say_what_each_environment_runs_once_the_run_is_over():
     assert upgrade_log.versions_after("rollback_failed", staged)["production"] is None
     half = upgrade_log.versions_after("staging_rollback_failed", {"preflight.plan": plan})
     assert half == {"staging": None, "production": "2.16.2"}
+    assert upgrade_log.versions_after("failed", {}) == {}  # preflight failed: no version is known
 
 
 def test_log_keeps_one_line_per_run_and_renders_markdown(tmp_path):

@@ -59,6 +59,9 @@ def test_versions_now_follow_the_last_upgrade_and_an_on_call_rollback_after_it()
     rolled = [*records, {"date": "2026-11-09", "target": "team_a", "run_id": "rb", "kind": "rollback",
                          "environment": "staging", "outcome": "rolled_back", "to": "3.17.0"}]
     assert versions_now(rolled) == {"staging": "3.17.0", "production": "3.17.0"}
+    preflight_failed = {"date": "2026-11-10", "target": "team_a", "run_id": "r3", "outcome": "failed",
+                        "versions_after": {}}  # the run never learnt the versions: nothing changes
+    assert versions_now([*rolled, preflight_failed]) == {"staging": "3.17.0", "production": "3.17.0"}
 
 
 def test_the_timeline_draws_a_bar_per_phase_and_marks_the_downtime_inside_production():

@@ -44,9 +44,12 @@ def phase_seconds(results: dict[str, dict | None]) -> dict[str, float]:
 
 
 def versions_after(outcome: str, results: dict[str, dict | None]) -> dict[str, str | None]:
-    """What each environment runs once the run is over, as far as the run knows (None: half-upgraded)."""
+    """What each environment runs once the run is over, as far as the run knows (None: half-upgraded;
+    nothing when the run never learnt the versions)."""
     plan = results.get("preflight.plan") or {}
     old, new = plan.get("from"), plan.get("to")
+    if not old:
+        return {}
     production = {"upgraded": new, "finish_failed": new, "kept_after_failed_watch": new,
                   "rollback_failed": None}.get(outcome, old)
     staging_plan = plan.get("staging") or {}

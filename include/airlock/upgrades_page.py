@@ -103,17 +103,17 @@ def stamp(iso: str) -> datetime:
 
 
 def versions_now(records: list[dict]) -> dict[str, str | None]:
-    """What each environment runs according to the newest records (None: half-upgraded)."""
-    upgrades = sorted(upgrades_of(records), key=lambda r: r.get("date") or "")
+    """What each environment runs, the records applied in date order: an upgrade's versions after
+    its run, an on-call rollback's restored version (None: half-upgraded)."""
     now: dict[str, str | None] = {}
-    for record in upgrades:
-        now.update(record.get("versions_after") or {
-            "production": record.get("to") if record.get("outcome") == "upgraded" else record.get("from")})
-    last = upgrades[-1].get("date") or "" if upgrades else ""
     for record in sorted(records, key=lambda r: r.get("date") or ""):
-        if record.get("kind") == "rollback" and record.get("outcome") == "rolled_back" and \
-                (record.get("date") or "") >= last:  # on-call moved it back after the last upgrade
-            now[record["environment"]] = record.get("to")
+        if record.get("kind") == "rollback":
+            if record.get("outcome") == "rolled_back":
+                now[record["environment"]] = record.get("to")
+        elif "versions_after" in record:
+            now.update(record["versions_after"])
+        elif record.get("from"):  # recorded before the log said what each environment runs
+            now["production"] = record.get("to") if record.get("outcome") == "upgraded" else record["from"]
     return now
 
 
