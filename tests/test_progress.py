@@ -45,3 +45,15 @@ def test_a_broken_measure_does_not_break_the_step(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="airlock.progress"), ticking("x", measure=lambda: 1 / 0):
         time.sleep(0.2)
     assert any("progress unavailable: division by zero" in r.getMessage() for r in caplog.records)
+
+
+def test_a_bad_interval_is_said_and_the_default_used_not_a_failed_backup_or_a_busy_loop(monkeypatch, caplog):
+    from airlock.progress import DEFAULT_SECONDS, every_seconds
+
+    for bad in ("abc", "0", "-3", "nan"):
+        monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", bad)
+        with caplog.at_level(logging.WARNING, logger="airlock.progress"):
+            assert every_seconds() == DEFAULT_SECONDS
+        assert f"AIRLOCK_PROGRESS_SECONDS={bad!r} is not a positive number" in caplog.text
+    monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", "0.5")
+    assert every_seconds() == 0.5

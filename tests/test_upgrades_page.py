@@ -6,6 +6,7 @@ from airlock.upgrades_page import (
     InFlight,
     TargetView,
     behind,
+    duration,
     kpis,
     marker_advice,
     render_page,
@@ -40,6 +41,11 @@ def test_kpis_hold_downtime_against_the_goal_and_count_every_rollback_of_product
     assert k.downtime_median == 50.0 and k.downtime_worst == 400.0 and k.over_goal == 1
     assert k.rollbacks == 2 and abs(k.rollback_rate - 2 / 3) < 1e-9  # staging's rollback is not production's
     assert k.staging_to_production_median == 3720.0  # end of staging's upgrade to end of production's
+
+
+def test_durations_keep_a_downtimes_tenth_and_read_longer_ones_like_progress_lines():
+    assert [duration(s) for s in (None, 21.04, 59.9, 125, 7500)] == ["—", "21.0 s", "59.9 s", "2 min 05 s",
+                                                                     "2 h 05 min"]
 
 
 def test_behind_says_how_far_in_the_units_an_operator_plans_by():

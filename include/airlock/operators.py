@@ -347,7 +347,7 @@ class RecordsDecision:
             responded_at = event.get("responded_at")
             responded = responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at
             ti = context["ti"]
-            context["ti"].xcom_push(key="decision", value={
+            ti.xcom_push(key="decision", value={
                 "chosen_options": list(event["chosen_options"]),
                 "responded_by_user": event.get("responded_by_user"),
                 "responded_at": responded,

@@ -14,8 +14,22 @@ from contextlib import contextmanager
 log = logging.getLogger("airlock.progress")
 
 
+DEFAULT_SECONDS = 5.0
+
+
 def every_seconds() -> float:
-    return float(os.environ.get("AIRLOCK_PROGRESS_SECONDS") or 5)
+    """$AIRLOCK_PROGRESS_SECONDS; a value that is not a positive number is said and replaced by the
+    default: a progress setting must neither fail a backup nor log in a busy loop."""
+    text = os.environ.get("AIRLOCK_PROGRESS_SECONDS") or str(DEFAULT_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        log.warning("AIRLOCK_PROGRESS_SECONDS=%r is not a positive number of seconds: using %g", text,
+                    DEFAULT_SECONDS)
+        return DEFAULT_SECONDS
+    return seconds
 
 
 def clock(seconds: float) -> str:

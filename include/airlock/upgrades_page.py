@@ -14,6 +14,7 @@ from datetime import datetime
 from html import escape
 from urllib.parse import quote
 
+from airlock.progress import clock
 from airlock.versions import PlanError, parse_version
 
 ROLLBACK_RATE_GOAL = 0.05
@@ -169,15 +170,10 @@ def kpis(records: list[dict], goal_seconds: float) -> Kpis:
 
 # -- rendering ---------------------------------------------------------------------------------------
 def duration(seconds: float | None) -> str:
+    """A downtime keeps its tenth of a second; anything longer reads as progress lines do (clock)."""
     if seconds is None:
         return "—"
-    if seconds < 120:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    return f"{seconds:.1f} s" if seconds < 60 else clock(seconds)
 
 
 def short_date(iso: str | None) -> str:

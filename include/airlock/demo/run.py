@@ -137,13 +137,20 @@ def stop_airflow(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # any worker left behind in the group
 
 
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+def password_of(home: Path, user: str = "admin") -> str:
+    """The password airflow standalone generated for `user`."""
+    return json.loads((home / PASSWORDS_FILE).read_text())[user]
+
+
 class AirflowApi:
     """The REST calls a person's tooling would make, authenticated as `user` (admin by default)."""
 
     def __init__(self, home: Path, port: int = PORT, user: str = "admin"):
         self.url = api_url(port)
-        passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-        token = request_json("POST", f"{self.url}/auth/token", {"username": user, "password": passwords[user]})
+        token = request_json("POST", f"{self.url}/auth/token", {"username": user, "password": password_of(home, user)})
         self.headers = {"Authorization": f"Bearer {token['access_token']}"}
 
     def call(self, method: str, path: str, body: dict | None = None):
@@ -153,7 +160,7 @@ class AirflowApi:
 def add_api_connection(api: AirflowApi, home: Path) -> None:
     """The connection Airlock reaches Airflow's own API with (drain.airflow_api_conn_id), as an admin
     adds it once per deployment: preflight makes sure of the production slot's pool through it."""
-    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    password = password_of(home)
     connection = {"connection_id": "airlock_airflow_api", "conn_type": "http", "host": "127.0.0.1", "port": PORT,
                   "login": "admin", "password": password, "description": "Airlock → this Airflow's REST API"}
     try:
@@ -209,8 +216,7 @@ def follow_run(api: AirflowApi, run_id: str, approve: str = "auto", home: Path |
 
 def show_gate(api: AirflowApi, run_id: str, home: Path | None) -> None:
     """APPROVE=ui: where the person answers, and the login to do it with."""
-    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"] if home \
-        else "(see simple_auth_manager_passwords.json.generated)"
+    password = password_of(home) if home else f"(see {PASSWORDS_FILE})"
     say("The approval gate is waiting for you. Open Airflow, log in, and click Approve or Reject:")
     say(f"    {api.url}/dags/{DAG_ID}/runs/{run_id}/required_actions  (this run's gate, uat.approval)")
     say(f"    {api.url}/required_actions  (Browse → Required Actions: every gate waiting)")
