@@ -188,24 +188,29 @@ def seeded_production(scenario: Scenario, monkeypatch) -> Iterator[Environment]:
 
 
 def start_and_seed(scenario: Scenario) -> None:
-    """Both environments on the old version, seeded by the old version's own client."""
-    for env_name in ("staging", "production"):
-        if scenario.auth:
-            platform_logins.prepare(scenario.platform.name, scenario.auth, scenario.root / env_name)
-        env = scenario.env(env_name, login=False)
-        if scenario.platform.name == "sematic":  # its server does not create its schema
-            (scenario.root / env_name).mkdir(parents=True, exist_ok=True)
-            env.driver.launch_migration(scenario.platform.old)
-        env.driver.start(scenario.platform.old)
-        if scenario.auth:
-            scratch = scenario.root / env_name / "admin"
-            scratch.mkdir(parents=True, exist_ok=True)
-            credential = platform_logins.create_login(
-                scenario.platform.name, scenario.auth, env.config.url, env.driver.venv_path(scenario.platform.old),
-                scratch, env.database.sqlalchemy_uri())
-            platform_logins.set_connection(platform_logins.conn_id_for(scenario.name, env_name), credential)
-            platform_logins.cheap_password_hashes(scenario.platform.name, scenario.auth, scenario.root / env_name)
-        seed(scenario, env_name)
+    """Both environments on the old version, seeded by the old version's own client; the two at
+    once, since most of it is waiting for a server to start."""
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda env_name: start_and_seed_one(scenario, env_name), ENVS))
+
+
+def start_and_seed_one(scenario: Scenario, env_name: str) -> None:
+    if scenario.auth:
+        platform_logins.prepare(scenario.platform.name, scenario.auth, scenario.root / env_name)
+    env = scenario.env(env_name, login=False)
+    if scenario.platform.name == "sematic":  # its server does not create its schema
+        (scenario.root / env_name).mkdir(parents=True, exist_ok=True)
+        env.driver.launch_migration(scenario.platform.old)
+    env.driver.start(scenario.platform.old)
+    if scenario.auth:
+        scratch = scenario.root / env_name / "admin"
+        scratch.mkdir(parents=True, exist_ok=True)
+        credential = platform_logins.create_login(
+            scenario.platform.name, scenario.auth, env.config.url, env.driver.venv_path(scenario.platform.old),
+            scratch, env.database.sqlalchemy_uri())
+        platform_logins.set_connection(platform_logins.conn_id_for(scenario.name, env_name), credential)
+        platform_logins.cheap_password_hashes(scenario.platform.name, scenario.auth, scenario.root / env_name)
+    seed(scenario, env_name)
 
 
 def release(scenario: Scenario, env: str) -> HelmRelease:
@@ -263,34 +268,64 @@ class GateAnswerer(threading.Thread):
         return self.bodies.get("uat.approval", "")
 
     def run(self) -> None:
+        deadline, first_seen, client = time.monotonic() + self.timeout, {}, None
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            if any(self.due(task_id, first_seen) for task_id in self.pending_gates()):
+                client = client or self.api_client()
+                self.read_and_answer(client, first_seen)
+            time.sleep(1)
+
+    def due(self, task_id: str, first_seen: dict[str, float]) -> bool:
+        """A pending gate not read yet, or read long enough ago to answer now."""
+        if task_id in self.responses:
+            return False
+        return task_id not in self.bodies or (
+            task_id in self.answers and time.monotonic() - first_seen[task_id] >= self.READ_SECONDS)
+
+    def pending_gates(self) -> list[str]:
+        """The DAG's gates waiting for an answer, read straight from the metadata database: cheap enough
+        to ask every second, where a request through the API app costs this process a good part of
+        a core; the API is called when there is something to read or answer."""
+        from airflow.models import TaskInstance
+        from airflow.models.hitl import HITLDetail
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            return list(session.scalars(
+                select(TaskInstance.task_id).join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+                .where(TaskInstance.dag_id == self.dag_id, HITLDetail.responded_at.is_(None))))
+
+    @staticmethod
+    def api_client():
         from airflow.api_fastapi.app import create_app
         from fastapi.testclient import TestClient
 
-        client = TestClient(create_app("core"))
-        deadline, first_seen = time.monotonic() + self.timeout, {}
-        while not self.stop_event.is_set() and time.monotonic() < deadline:
-            pending = client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails").json()
-            for detail in pending.get("hitl_details", []):
-                ti = detail["task_instance"]
-                task_id = ti["task_id"]
-                if detail.get("response_received") is not False or task_id in self.responses:
-                    continue
-                self.bodies[task_id] = detail.get("body") or ""
-                seen = first_seen.setdefault(task_id, time.monotonic())
-                if task_id not in self.answers or time.monotonic() - seen < self.READ_SECONDS:
-                    continue
-                self.options[task_id] = detail.get("options") or []
-                given = self.answers[task_id]
-                for option in given if isinstance(given, list) else [given]:  # in turn, until one is taken
-                    answer = client.patch(
-                        f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                        f"{task_id}/{ti['map_index']}/hitlDetails",
-                        json={"chosen_options": [option], "params_input": {}})
-                    self.tried.setdefault(task_id, []).append((option, answer.status_code))
-                    if answer.status_code == 200:
-                        break
-                self.responses[task_id] = {"status": answer.status_code, "body": answer.json(), "task_id": task_id}
-            time.sleep(1)
+        return TestClient(create_app("core"))
+
+    def read_and_answer(self, client, first_seen: dict[str, float]) -> None:
+        """Through the REST API, as the UI does: read each pending gate, and answer the ones due."""
+        pending = client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails").json()
+        for detail in pending.get("hitl_details", []):
+            ti = detail["task_instance"]
+            task_id = ti["task_id"]
+            if detail.get("response_received") is not False or task_id in self.responses:
+                continue
+            self.bodies[task_id] = detail.get("body") or ""
+            seen = first_seen.setdefault(task_id, time.monotonic())
+            if task_id not in self.answers or time.monotonic() - seen < self.READ_SECONDS:
+                continue
+            self.options[task_id] = detail.get("options") or []
+            given = self.answers[task_id]
+            for option in given if isinstance(given, list) else [given]:  # in turn, until one is taken
+                answer = client.patch(
+                    f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/"
+                    f"{task_id}/{ti['map_index']}/hitlDetails",
+                    json={"chosen_options": [option], "params_input": {}})
+                self.tried.setdefault(task_id, []).append((option, answer.status_code))
+                if answer.status_code == 200:
+                    break
+            self.responses[task_id] = {"status": answer.status_code, "body": answer.json(), "task_id": task_id}
 
 
 def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None = "Approve",

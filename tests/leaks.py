@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -91,26 +92,31 @@ def started_by_airlock(argv: list[str]) -> bool:
     return by_airlock and not any(owned in line for owned in TEST_OWNED)
 
 
-def process_identity(pid: str) -> bytes | None:
-    """Its start time and argv: what changes when a pid is reused or a process execs."""
+def read_proc(pid: str, name: str) -> bytes | None:
+    """/proc/<pid>/<name>, or None once the process is gone."""
     try:
-        started = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19]
-        return started + b"\0" + Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def process_problems(pid: str, *, planted_too: bool = True) -> list[str]:
     """What is wrong with one running process's argv and environment, if Airlock started it
     (`planted_too=False`: nothing, for a process planted on purpose)."""
-    try:
-        argv = [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                if part]
-        if not started_by_airlock(argv):
-            return []
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
+    cmdline = read_proc(pid, "cmdline") or b""
+    argv = [part.decode(errors="replace") for part in cmdline.split(b"\0") if part]
+    if not started_by_airlock(argv) or (environ_bytes := read_proc(pid, "environ")) is None:
         return []
+    environ = environ_bytes.split(b"\0")
     if not planted_too and PLANTED_ON_PURPOSE in environ:
         return []
     what = os.path.basename(argv[0]) + (f" {argv[1]}" if len(argv) > 1 else "")
@@ -131,27 +137,34 @@ def process_problems(pid: str, *, planted_too: bool = True) -> list[str]:
 
 class ProcessWatch:
     """Samples every process on the machine a few times a second (servers live for minutes, dumps and
-    migrations for seconds) and remembers what it found wrong."""
+    migrations for seconds) and remembers what it found wrong.
 
-    def __init__(self, interval: float = 0.2):
+    Cheap, since every pytest session runs one beside the tests: a round lists /proc and looks only
+    at processes that are new (a pid cannot be reused between two rounds: that takes 32,768 forks),
+    or still young (a fork execs its program within moments of starting); every `recheck_rounds`
+    rounds it looks at all, in case an older one exec'd another program. Processes planted on
+    purpose are left to the test that planted them (`planted_too`: looked at too)."""
+
+    def __init__(self, interval: float = 0.25, young_seconds: float = 5.0, recheck_rounds: int = 20,
+                 planted_too: bool = False):
         self.interval, self.found, self.stopping = interval, [], threading.Event()
+        self.young_seconds, self.recheck_rounds, self.planted_too = young_seconds, recheck_rounds, planted_too
         self.thread = threading.Thread(target=self.run, daemon=True, name="leak-watch")
 
     def run(self) -> None:
         seen: set[str] = set()
-        checked: dict[str, bytes] = {}  # pid → its start time and argv when last looked at
+        first_seen: dict[str, float] = {}  # pid → when a round first found it
+        rounds = 0
         while not self.stopping.wait(self.interval):
-            alive = {}
-            for pid in os.listdir("/proc"):
-                if pid.isdigit() and (identity := process_identity(pid)) is not None:
-                    alive[pid] = identity
-                    if checked.get(pid) == identity:
-                        continue  # the same process, not exec'd since: its environment was read
-                    for problem in process_problems(pid, planted_too=False):
-                        if problem not in seen:
-                            seen.add(problem)
-                            self.found.append(problem)
-            checked = alive
+            rounds, now = rounds + 1, time.monotonic()
+            first_seen = {pid: first_seen.get(pid, now) for pid in os.listdir("/proc") if pid.isdigit()}
+            for pid, since in first_seen.items():
+                if now - since > self.young_seconds and rounds % self.recheck_rounds:
+                    continue
+                for problem in process_problems(pid, planted_too=self.planted_too):
+                    if problem not in seen:
+                        seen.add(problem)
+                        self.found.append(problem)
 
     def take(self) -> list[str]:
         found, self.found = self.found, []

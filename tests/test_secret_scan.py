@@ -64,3 +64,19 @@ def test_a_quoted_password_in_a_file_is_caught(tmp_path):
     found = leaks.files_problems([tmp_path], since)
     (tmp_path / "report.md").unlink()  # planted here on purpose: not a leak for the scan after this test
     assert found == [f"{tmp_path / 'report.md'} holds the database secret"]
+
+
+def test_the_watch_catches_a_new_process_and_one_that_execs_a_tool_long_after_it_started(process_watch):
+    watch = leaks.ProcessWatch(interval=0.1, young_seconds=0.5, recheck_rounds=10, planted_too=True)
+    watch.thread.start()
+    leaky = {**os.environ, "AIRLOCK_SECRET_SCAN_PLANTED": "1"}
+    at_once = subprocess.Popen(["zstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=leaky)
+    late = subprocess.Popen(["sh", "-c", "sleep 2; exec zstd -c -q"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=leaky)  # a shell, old by the time it execs zstd
+    wanted = {"'zstd -q' inherited AWS_SECRET_ACCESS_KEY", "'zstd -c' inherited AWS_SECRET_ACCESS_KEY"}
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and not wanted <= set(watch.found):
+        time.sleep(0.1)
+    watch.stopping.set()
+    forget(process_watch, at_once, late)
+    assert wanted <= set(watch.found), watch.found
