@@ -48,7 +48,7 @@ pytestmark = pytest.mark.integration
 def world(tmp_path_factory, airflow_db, mlflow_venvs):
     root = tmp_path_factory.mktemp("upgrade")
     names = ["happy", "broken_staging", "rejected", "crash_after_upgrade", "rehearsal_fails", "pod_restart",
-             "answers_but_broken", "wrong_login"]
+             "answers_but_broken", "wrong_login", "lossy_migration"]
     logins = {"happy": "basic", "rejected": "token", "wrong_login": "basic"}
     scenarios = {name: make_scenario(name, root, 5100 + 2 * i, 5101 + 2 * i, auth=logins.get(name))
                  for i, name in enumerate(names)}
@@ -154,6 +154,44 @@ def test_failed_staging_migration_rolls_staging_back_and_never_touches_productio
     assert "clear staging_upgrade.rollback_staging" in told
     assert ("trigger airlock_rollback__broken_staging with "
             f'{{"environment": "staging", "backup_id": "{final}"}}') in told
+
+
+def test_a_migration_that_loses_a_row_is_caught_before_the_new_server_starts_and_staging_restored(world, capfd,
+                                                                                                 caplog):
+    scenarios, targets_file = world
+    s = scenarios["lossy_migration"]
+    start_and_seed(s)
+    staging_db = s.databases["staging"]
+    count_tags = "SELECT COUNT(*) FROM tags"
+    with staging_db.connect() as conn:  # a migration with a bug: one of its steps deletes a run's tag
+        tags_before = staging_db.query(conn, count_tags)[0][0]
+        staging_db.query(conn, "CREATE TRIGGER loses_a_tag AFTER UPDATE ON alembic_version FOR EACH ROW "
+                               "DELETE FROM tags WHERE `key` = 'git_sha' LIMIT 1")
+    before = fingerprints(s)
+    production_pid = s.env("production").driver.running_pid()
+
+    run, gate = run_upgrade("airlock_upgrade__lossy_migration", targets_file,
+                            {"target_version": NEW, "watch_seconds": 3}, answer=None)
+
+    states = task_states(run)
+    assert str(run.state) == "failed"
+    assert states["staging_upgrade.migrate"] == "success", states  # the migration itself said nothing
+    assert states["staging_upgrade.migrated_data"] == "failed", states
+    assert states["staging_upgrade.start"] in ("upstream_failed", "None"), states  # 3.17.2 never ran on it
+    assert states["staging_upgrade.rollback_staging"] == "success", states
+    assert gate.response is None
+    assert served(s, "staging") == OLD
+    with staging_db.connect() as conn:
+        assert staging_db.query(conn, count_tags)[0][0] == tags_before
+    assert fingerprints(s) == before
+    assert s.env("production").driver.running_pid() == production_pid  # never stopped
+    assert last_record(s)["outcome"] == "staging_failed"
+    out, err = capfd.readouterr()
+    told = out + err + caplog.text
+    final = xcom(run, "staging_upgrade.backup")["backup_id"]
+    assert f"staging: the migration to {NEW} lost or changed data of the final backup {final}: " in told
+    assert "tags" in told.split("lost or changed data", 1)[1].split("\n", 1)[0]  # the table it lost a row of
+    assert "The new server was not started; the rollback restores that backup." in told
 
 
 def test_running_run_holds_the_drain_and_rejection_leaves_production_untouched(world):
