@@ -126,3 +126,38 @@ def test_a_hold_ends_its_task_in_the_triggerer_in_success_whatever_the_outcome()
     timed_out = first_event([{"done": False, "still_going": ["conclude.report"]}], past)
     assert isinstance(timed_out, TaskSuccessEvent)
     assert timed_out.xcoms["return_value"]["released"]["status"] == "timeout"
+
+
+def test_a_wait_polled_here_says_how_it_stands_every_few_seconds_whatever_its_poll_interval(monkeypatch, caplog):
+    monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", "5")
+    clock = Clock()
+    caplog.set_level("INFO", logger="airlock.waits")
+    result = run_waits(a_step(wait_for("rollout", [{"done": False, "progress": "1 of 2 replicas ready"}] * 6
+                                       + [{"done": True}], timeout=60)), clock=clock, sleep=clock.sleep)
+    assert result == {"seen": [{"done": True}]}
+    assert clock.slept == [2] * 6  # polled every 2 s, said at 0 s and 6 s
+    assert [record.getMessage() for record in caplog.records] == [
+        "rollout ready: 0 s so far, 1 of 2 replicas ready; gives up in 1 min 00 s",
+        "rollout ready: 6 s so far, 1 of 2 replicas ready; gives up in 54 s"]
+
+
+def test_a_wait_in_the_triggerer_logs_its_progress_at_most_every_few_seconds(monkeypatch, capfd):
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from airlock.triggers import PollTrigger
+
+    monkeypatch.setenv("AIRLOCK_PROGRESS_SECONDS", "3600")
+    ANSWERS["drain"] = [{"done": False, "progress": "1 run(s) still going on staging: nightly"}] * 20 + [
+        {"done": True}]
+    trigger = PollTrigger("test_waits:scripted_check", {"name": "drain"}, 0.001,
+                          (datetime.now(UTC) + timedelta(hours=1)).isoformat())
+
+    async def first():
+        return await anext(trigger.run())
+
+    assert asyncio.run(first()).payload["polls"] == 21
+    out, err = capfd.readouterr()  # the triggerer's log (structlog) goes to the output
+    lines = [line for line in (out + err).splitlines() if "so far" in line]
+    assert len(lines) == 1, lines  # 20 polls not done, one line
+    assert "waiting (scripted_check): 0 s so far, 1 run(s) still going on staging: nightly; gives up in " in lines[0]

@@ -64,6 +64,27 @@ def progress_line(what: str, elapsed: float, done: float | None = None, total: f
     return ", ".join(parts)
 
 
+class Every:
+    """True at most once every `seconds` ($AIRLOCK_PROGRESS_SECONDS by default), the first time at
+    once: how often a polling loop (a wait for a server, a drain) logs its progress line, whatever
+    its poll interval."""
+
+    def __init__(self, seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.clock, self.last = seconds or every_seconds(), clock, None
+
+    def due(self) -> bool:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+def wait_line(what: str, elapsed: float, remaining: float, last: dict) -> str:
+    """A wait's progress line: what, for how long, what its check last said, when it gives up."""
+    return f"{progress_line(what, elapsed, detail=last.get('progress', ''))}; gives up in {clock(remaining)}"
+
+
 @contextmanager
 def ticking(what: str, measure: Callable[[], float] | None = None, total: float | None = None,
             expected_seconds: float | None = None, detail: Callable[[], str] | None = None,

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from airlock.progress import clock, progress_line
+from airlock.progress import Every, clock, wait_line
 from airlock.waits import MAX_CONSECUTIVE_ERRORS, CheckFailed, backoff_seconds, load_check
 
 WAIT_LOG_SECONDS = 300
@@ -62,7 +62,7 @@ class PollTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = datetime.fromisoformat(self.deadline)
-        check, polls, errors, started = load_check(self.check), 0, 0, datetime.now(UTC)
+        check, polls, errors, started, every = load_check(self.check), 0, 0, datetime.now(UTC), Every()
         while True:
             polls += 1
             try:
@@ -88,9 +88,10 @@ class PollTrigger(BaseTrigger):
             if datetime.now(UTC) >= deadline:
                 yield TriggerEvent({**result, "status": "timeout", "polls": polls})
                 return
-            self.log.info("%s; gives up in %s", progress_line(
-                f"waiting ({self.check.rsplit(':', 1)[-1]})", (datetime.now(UTC) - started).total_seconds(),
-                detail=result.get("progress", "")), clock((deadline - datetime.now(UTC)).total_seconds()))
+            if every.due():
+                self.log.info(wait_line(f"waiting ({self.check.rsplit(':', 1)[-1]})",
+                                        (datetime.now(UTC) - started).total_seconds(),
+                                        (deadline - datetime.now(UTC)).total_seconds(), result))
             await asyncio.sleep(self.poll_interval)
 
 

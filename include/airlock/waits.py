@@ -10,11 +10,16 @@ the process."""
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
+
+from airlock.progress import Every, wait_line
+
+log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 6
 """Transient errors in a row a wait rides out (backing off up to BACKOFF_CAP_SECONDS) before failing."""
@@ -113,7 +118,8 @@ def run_waits(outcome: Any, clock=time.monotonic, sleep=time.sleep) -> Any:
 def poll_here(wait: Wait, clock, sleep) -> dict:
     """Poll one wait in this process until it is met; its failure or timeout raises WaitFailed, with
     what the wait's `on_failure` reports."""
-    deadline, errors = clock() + wait.timeout_seconds, 0
+    started, errors, every = clock(), 0, Every(clock=clock)
+    deadline = started + wait.timeout_seconds
     while True:
         try:
             last = look_once(wait.check, wait.kwargs)
@@ -126,4 +132,6 @@ def poll_here(wait: Wait, clock, sleep) -> dict:
             return last
         if clock() >= deadline:
             raise wait.reported(wait.timed_out(last))
+        if every.due():
+            log.info(wait_line(wait.what, clock() - started, deadline - clock(), last))
         sleep(backoff_seconds(wait.poll_interval, errors) if errors else wait.poll_interval)
