@@ -15,6 +15,7 @@ from pathlib import Path
 import MySQLdb
 import pytest
 from airlock.backups import BackupError, is_verified, read_manifest, restore_backup, take_backup, verify_backup
+from airlock.child_env import child_env
 from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, charset_clause
 from airlock.databases.postgresql import PostgresDatabase, PostgresParams
@@ -159,7 +160,7 @@ def test_dump_whose_rows_differ_fails_verification_naming_the_table(db, tmp_path
     manifest = json.loads((store.path("b1") / "manifest.json").read_text())
     name, plain = next((name, text) for name in manifest["files"] if name.endswith(".zst")
                        for text in [subprocess.run(["zstd", "-dc", str(store.path("b1") / name)],
-                                                   capture_output=True, check=True).stdout]
+                                                   capture_output=True, check=True, env=child_env()).stdout]
                        if b"experiment-7 " in text or isinstance(db, SqliteDatabase))
     path = store.path("b1") / name
     if isinstance(db, SqliteDatabase):  # a valid database file with one value changed
@@ -172,7 +173,10 @@ def test_dump_whose_rows_differ_fails_verification_naming_the_table(db, tmp_path
             plain_tampered = copy.read_bytes()
     else:
         plain_tampered = plain.replace(b"experiment-7 ", b"experiment-X ", 1)
-    path.write_bytes(subprocess.run(["zstd", "-c"], input=plain_tampered, capture_output=True, check=True).stdout)
+    # the test's own zstd gets the environment Airlock gives its tools: the secret scan of every session
+    # on the machine looks at every zstd, however short-lived
+    path.write_bytes(subprocess.run(["zstd", "-c"], input=plain_tampered, capture_output=True, check=True,
+                                    env=child_env()).stdout)
     manifest["files"][name]["sha256"] = sha256_of(path)  # the file check alone would not see it
     (store.path("b1") / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BackupError, match="table experiments: checksum differs") as error:
