@@ -20,7 +20,7 @@ demo: deps
 # servers: the distributed Airflow's module (then pip's resolutions against the package index),
 # Helm on a kube-apiserver (then Sematic and the demo), the other long end-to-end modules (drain
 # decisions, schedules and windows, ZenML, transient faults, re-runs), and the rest. Grouped so that
-# each takes about as long (measured on 2026-11-28: 31, 28, 34 and 32 min of test time). The first
+# each takes about as long (measured on 2026-11-28: 31, 30.5, 33 and 35 min). The first
 # three write to .test-<name>.log, printed after the rest's output; then every session's failures in
 # one list, so the end of CI's output says what failed even when its start is cut. A session still
 # running after SESSION_MINUTES is interrupted (pytest then prints where each test stood), so that a
