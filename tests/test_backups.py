@@ -14,7 +14,15 @@ from pathlib import Path
 
 import MySQLdb
 import pytest
-from airlock.backups import BackupError, is_verified, read_manifest, restore_backup, take_backup, verify_backup
+from airlock.backups import (
+    BackupError,
+    adopt_backup,
+    is_verified,
+    read_manifest,
+    restore_backup,
+    take_backup,
+    verify_backup,
+)
 from airlock.child_env import child_env
 from airlock.databases.base import DatabaseError
 from airlock.databases.mysql import MysqlDatabase, MysqlParams, charset_clause
@@ -107,6 +115,42 @@ def test_round_trip_restores_identical_data_and_drops_what_a_migration_added(db,
     assert rows_of(db) == before
     assert "added_by_migration" not in db.table_stats()
     assert json.loads((store.path("b1") / "configuration.json").read_text()) == {"version": "2.16.2"}
+
+
+FINAL_META = {**META, "purpose": "final"}
+
+
+def adopts_only_while_equal(db, store) -> None:
+    """A verified set is adopted while the database holds exactly its data, and restores that data;
+    a changed value, or a renamed column with every value the same, makes it refuse."""
+    before = rows_of(db)
+    take_backup(db, store, "b1", META, {"version": "2.16.2"})
+    assert adopt_backup(db, store, "b0", "b1", FINAL_META) is None  # not verified yet: never adopted
+    verify_backup(db, store, "b1")
+    first = read_manifest(store, "b1")
+
+    adopted = adopt_backup(db, store, "b2", "b1", FINAL_META, {"version": "2.16.2", "taken": "again"})
+
+    assert adopted is not None and adopted.facts["adopted_from"] == "b1" and adopted.purpose == "final"
+    assert adopted.tables == first.tables
+    assert {name: entry for name, entry in adopted.files.items() if name != "configuration.json"} == \
+        {name: entry for name, entry in first.files.items() if name != "configuration.json"}
+    assert is_verified(store, "b2") and store.read_json("b2", "verification.json")["equal_to"] == "b1"
+    assert store.read_json("b2", "configuration.json") == {"version": "2.16.2", "taken": "again"}
+    execute(db, "UPDATE experiments SET note = 'changed' WHERE id = 3")
+    assert adopt_backup(db, store, "b3", "b1", FINAL_META) is None  # one value changed, same row count
+    execute(db, "UPDATE experiments SET note = 'note 3' WHERE id = 3",
+            "ALTER TABLE experiments RENAME COLUMN note TO remark")
+    assert db.table_stats() == first.tables  # the checksums alone would not see the rename
+    assert adopt_backup(db, store, "b4", "b1", FINAL_META) is None
+    assert sorted(store.backups()) == ["b1", "b2"]
+    store.delete("b1")  # a retention may delete the set adopted from: the adopted one stands alone
+    restore_backup(db, store, "b2")
+    assert rows_of(db) == before and "remark" not in db.table_columns()["experiments"]
+
+
+def test_a_verified_set_is_adopted_only_while_the_database_holds_exactly_its_data(db, tmp_path):
+    adopts_only_while_equal(db, signed_store(tmp_path))
 
 
 def migrated_losses(db, manifest, rewritten: tuple[str, ...] = ()) -> list[str]:

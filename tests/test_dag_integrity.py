@@ -67,8 +67,8 @@ def test_production_starts_only_once_a_slot_of_the_platforms_pool_is_held(upgrad
 
 def test_environment_steps_run_in_the_safe_order(upgrade_dag):
     for env in ("staging_upgrade", "production_upgrade"):
-        steps = ["drain", "drain_decision", "proceed", "drained", "stop", "backup", "migrate", "migrated_data",
-                 "start", "health", "smoke", "fingerprint"]
+        steps = ["drain", "drain_decision", "proceed", "drained", "backup_before_stop", "stop", "backup", "migrate",
+                 "migrated_data", "start", "health", "smoke", "fingerprint"]
         for earlier, later in itertools.pairwise(steps):
             assert f"{env}.{earlier}" in upgrade_dag.get_task(f"{env}.{later}").upstream_task_ids
         # stop runs after a drain, a "proceed" answer or a longer wait, never after an abort: the

@@ -53,6 +53,51 @@ def test_a_rerun_after_a_rollback_backs_up_again_and_loses_nothing_written_in_be
     assert written
 
 
+def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_after_it(production):
+    """A run logged after phase 1 is in the backup taken while the drained server still serves; with
+    nothing written after that, the final backup adopts its files (no dump or restore while the server
+    is down), and the rollback restores exactly the data of before the upgrade from them."""
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    log_a_run(env.config.url)
+    serving = steps.backup_before_stop(env, RUN, PLAN)
+    assert serving["adopted_from"] is None  # the run logged since phase 1: dumped
+    before = env.adapter.fingerprint()
+
+    run_waits(steps.freeze(env, RUN, PLAN))
+    final = steps.final_backup(env, RUN)
+
+    assert final["adopted_from"] == serving["backup_id"] and final["fingerprint_describes_backup"]
+    steps.migrate(env, RUN)
+    assert steps.verify_migrated_data(env, RUN)["equal_to_final_backup"]
+    run_waits(steps.start(env, RUN))
+    log_a_run(env.config.url)  # on the new version: not in the restored data
+    assert run_waits(steps.rollback(env, RUN))["fingerprint_equal"]
+    assert env.adapter.fingerprint().digest == before.digest
+
+
+def test_a_write_after_the_serving_backup_is_dumped_in_the_final_backup_and_never_lost(production):
+    """The serving backup adopts phase 1 (nothing changed), then a run is logged before the stop (a
+    client after "Proceed anyway"): the final backup cannot adopt, dumps, and keeps that run."""
+    env = production
+    steps.backup(env, steps.PREPARE, RUN, OLD)
+    serving = steps.backup_before_stop(env, RUN, PLAN)
+    assert serving["adopted_from"] == steps.backup_id_for("production", steps.PREPARE, RUN)
+    written = log_a_run(env.config.url)
+
+    run_waits(steps.freeze(env, RUN, PLAN))
+    final = steps.final_backup(env, RUN)
+
+    assert final["adopted_from"] is None
+    assert steps.read_manifest(env.store, final["backup_id"]).tables["runs"]["rows"] == \
+        steps.read_manifest(env.store, serving["backup_id"]).tables["runs"]["rows"] + 1
+    steps.migrate(env, RUN)
+    run_waits(steps.start(env, RUN))
+    assert run_waits(steps.rollback(env, RUN))["fingerprint_equal"]
+    experiments = [experiment["experiment_id"] for experiment in env.adapter.experiments()]
+    assert written in {run["info"]["run_id"] for run in env.adapter.runs(experiments)}
+
+
 def test_a_rollback_run_again_after_its_wait_restores_once_and_keeps_its_first_post_upgrade_set(production):
     """In the DAG a rollback defers while the old version comes up, and runs again from its start when
     the wait ends. That second run must not restore the database again (what was written since would

@@ -26,7 +26,7 @@ from airlock.stores.base import MANIFEST
 from airlock.stores.local import LocalBackupStore
 from airlock.stores.s3 import S3BackupStore, S3StoreError
 from services import new_database
-from test_backups import META, execute, fill, filled_database, rows_of
+from test_backups import META, adopts_only_while_equal, execute, fill, filled_database, rows_of
 
 pytestmark = pytest.mark.integration
 BUCKET = "airlock-backups"
@@ -71,6 +71,16 @@ def test_streamed_round_trip_encrypted_and_tagged(db, s3_client, request):
         tags = {t["Key"]: t["Value"] for t in s3_client.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
         assert tags == {"target": "t", "environment": "production", "purpose": "prepare", "run_id": "r1",
                         "platform_version": "2.16.2"}
+
+
+def test_a_verified_set_is_adopted_by_server_side_copies_tagged_as_the_new_set(db, s3_client, request):
+    store = s3_store(s3_client, request.node.name[-24:], sse="AES256")
+    adopts_only_while_equal(db, store)
+    for name in read_manifest(store, "b2").files:
+        key = store.key("b2", name)
+        assert s3_client.head_object(Bucket=BUCKET, Key=key)["ServerSideEncryption"] == "AES256"
+        tags = {t["Key"]: t["Value"] for t in s3_client.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
+        assert tags["purpose"] == "final", (name, tags)
 
 
 def test_s3_failing_in_the_middle_of_an_upload_leaves_no_usable_backup(s3_client):

@@ -6,14 +6,16 @@ from airlock.resolution import NOT_CHECKED
 
 
 def downtime_estimate(rehearsal: dict | None, staging_start: dict | None) -> dict | None:
-    """Production downtime = final backup + its verification + migration (as rehearsed on a copy
-    of production) + start (as measured on staging)."""
+    """Production downtime = migration (as rehearsed on a copy of production) + start (as measured on
+    staging), after a checksum pass that proves the database unchanged since the backup taken while
+    it served; at most a fresh backup and its verification more, when something wrote after that."""
     if not rehearsal or "migration_seconds" not in rehearsal:
         return None
-    parts = {"backup": rehearsal["backup_seconds"], "verification": rehearsal["verify_seconds"],
-             "migration (rehearsed on a copy of production)": rehearsal["migration_seconds"],
+    parts = {"migration (rehearsed on a copy of production)": rehearsal["migration_seconds"],
              "start (as on staging)": (staging_start or {}).get("seconds_to_healthy", 0.0)}
-    return {"seconds": round(sum(parts.values()), 1), "parts": parts}
+    written_after = rehearsal["backup_seconds"] + rehearsal["verify_seconds"]
+    return {"seconds": round(sum(parts.values()), 1), "parts": parts,
+            "at_most_seconds": round(sum(parts.values()) + written_after, 1)}
 
 
 def smoke_summary(smoke: dict) -> str:
@@ -83,13 +85,16 @@ def approval_body(target: str, plan: dict, staging: dict, backups: dict, invento
     if downtime:
         parts = ", ".join(f"{name} {seconds:.1f} s" if seconds >= 0.1 else f"{name} <0.1 s"
                           for name, seconds in downtime["parts"].items())
-        lines += ["", f"### Estimated production downtime: about {downtime['seconds']:.0f} s", f"({parts})"]
+        lines += ["", f"### Estimated production downtime: about {downtime['seconds']:.0f} s",
+                  f"({parts}, and a checksum pass of the database; up to {downtime['at_most_seconds']:.0f} s if "
+                  "something writes to production after the backup taken before the stop)"]
     running = inventory.get("production") or []
     lines += [
         "",
         "### Production will go through",
         "1. wait for running runs to finish" + (f" (now: {len(running)})" if running else " (none now)"),
-        "2. stop the server (downtime starts), take and verify a fresh backup",
+        "2. take and verify a backup while the drained server still serves; stop it (downtime starts) and prove "
+        "the database unchanged since (else take and verify a fresh backup)",
         f"3. migrate the database to {plan['to']}, start {plan['to']}, health, smoke test, fingerprint",
         "4. watch; on any failure: restore the backup, start the old version, prove the data equal",
         "",

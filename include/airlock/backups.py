@@ -132,7 +132,6 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
     """Write a backup set; the manifest goes last so a crash never leaves a 'complete' backup. With
     `artifacts`, the artifact store's inventory (and copy) joins the set, after the database's dump."""
     started = time.monotonic()
-    tags = tags_for(meta)
     directory = store.begin(backup_id)
     if directory is not None:
         names, tables, facts = db.dump(directory)
@@ -141,9 +140,17 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
         files = {}
 
         def put(name, stream):
-            files[name] = store.put_stream(backup_id, name, stream, tags)
+            files[name] = store.put_stream(backup_id, name, stream, tags_for(meta))
 
         names, tables, facts = db.dump_stream(put)
+    return complete_set(db, store, backup_id, meta, files, tables, facts, started, configuration, artifacts)
+
+
+def complete_set(db: Database, store: BackupStore, backup_id: str, meta: dict, files: dict, tables: TableStats,
+                 facts: dict, started: float, configuration: dict | None, artifacts: ArtifactStore | None
+                 ) -> Manifest:
+    """The set's configuration and artifact inventory, then its signed manifest, last."""
+    tags = tags_for(meta)
     if configuration is not None:
         files[CONFIGURATION] = store.write_json(backup_id, CONFIGURATION, configuration, tags)
     if artifacts is not None:
@@ -157,6 +164,46 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
         manifest.hmac_sha256 = data["hmac_sha256"]
     store.write_json(backup_id, MANIFEST, data, tags)
     return manifest
+
+
+def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: str, meta: dict,
+                 configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest | None:
+    """The set `backup_id` made of the verified set `source_id`'s database files, when the database
+    holds exactly what that set holds: every table's rows and checksum, and its columns, read at one
+    consistent point. Its verification (a restore found equal to those statistics) then holds for the
+    new set too, so the files are copied inside the store (hard links on a disk, server-side copies in
+    S3) instead of dumped and restored again: one checksum pass instead of a dump and a restore. The
+    configuration and the artifact inventory are taken anew. None when anything differs."""
+    if not is_verified(store, source_id):
+        return None
+    started = time.monotonic()
+    source = read_manifest(store, source_id)
+    tables, columns = db.consistent_stats()
+    if source.database != db.describe() or tables != source.tables or columns != source.facts.get("columns"):
+        return None
+    store.begin(backup_id)
+    files = {}
+    for name, entry in source.files.items():
+        if name not in (CONFIGURATION, INVENTORY):
+            store.copy_file(source_id, backup_id, name, tags_for(meta))
+            files[name] = entry
+    complete_set(db, store, backup_id, meta, files, tables, {**source.facts, "adopted_from": source_id}, started,
+                 configuration, artifacts)
+    source_verification = store.read_json(source_id, VERIFICATION) or {}
+    record_verification(store, backup_id, started, equal_to=source_id,
+                        source_verified_at=source_verification.get("verified_at"),
+                        scratch=source_verification.get("scratch"))
+    return read_manifest(store, backup_id)
+
+
+def record_verification(store: BackupStore, backup_id: str, started: float, **how) -> dict:
+    """What makes the set usable for a rollback: its manifest's digest, and how it was proven."""
+    manifest = read_manifest(store, backup_id)
+    result = {"ok": True, "verified_at": now_iso(), **how, "tables": len(manifest.tables),
+              "rows": sum(int(t["rows"]) for t in manifest.tables.values()),
+              "seconds": round(time.monotonic() - started, 3), "manifest_sha256": manifest_digest(manifest.to_dict())}
+    store.write_json(backup_id, VERIFICATION, result)
+    return result
 
 
 def check_files(store: BackupStore, manifest: Manifest) -> None:
@@ -309,12 +356,7 @@ def verify_backup(db: Database, store: BackupStore, backup_id: str) -> dict:
         scratch.drop()
     if problems:
         raise BackupError(f"backup {backup_id} failed verification: " + "; ".join(problems))
-    result = {"ok": True, "verified_at": now_iso(), "scratch": scratch.describe(),
-              "tables": len(manifest.tables), "rows": sum(int(t["rows"]) for t in manifest.tables.values()),
-              "seconds": round(time.monotonic() - started, 3),
-              "manifest_sha256": manifest_digest(manifest.to_dict())}
-    store.write_json(backup_id, VERIFICATION, result)
-    return result
+    return record_verification(store, backup_id, started, scratch=scratch.describe())
 
 
 def restore_backup(db: Database, store: BackupStore, backup_id: str) -> dict:

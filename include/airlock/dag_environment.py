@@ -1,6 +1,7 @@
-"""One environment's upgrade in the DAG: (window →) pause DAGs → drain (+ decision) → stop → backup →
-(RDS snapshot) → migrate (+ the Job's wait) → migrated data → start (+ the rollout's wait) → (switch) → health → smoke
-→ fingerprint (→ artifacts, on staging)."""
+"""One environment's upgrade in the DAG: (window →) pause DAGs → drain (+ decision) → backup (still serving) →
+stop → final backup (the one before adopted when nothing changed since) → (RDS snapshot) → migrate (+ the
+Job's wait) → migrated data → start (+ the rollout's wait) → (switch) → health → smoke → fingerprint
+(→ artifacts, on staging)."""
 
 from __future__ import annotations
 
@@ -151,8 +152,9 @@ def artifact_store_steps(target: TargetConfig, name: str, env) -> list:
 
 
 def environment_steps(target: TargetConfig, name: str, plan) -> list:
-    """drain (+ decision) → stop → backup → migrate → migrated data → start → health → smoke → fingerprint (→ the
-    artifact store unchanged) (→ artifact loading with the new client, on staging), for one environment."""
+    """drain (+ decision) → backup (serving) → stop → backup → migrate → migrated data → start → health → smoke
+    → fingerprint (→ the artifact store unchanged) (→ artifact loading with the new client, on staging), for one
+    environment."""
 
     def env():
         return open_environment(target, name)
@@ -164,6 +166,8 @@ def environment_steps(target: TargetConfig, name: str, plan) -> list:
     ready >> drained
     chain = [
         drained,
+        step_task("backup_before_stop", lambda plan_: steps.backup_before_stop(env(), run_id(), plan_), plan,
+                  retry=RETRY),
         step_task("stop", lambda plan_: steps.freeze(env(), run_id(), plan_), plan),
         step_task("backup", lambda: steps.final_backup(env(), run_id()), retry=RETRY),
         *rds_snapshot_steps(target, name, env),

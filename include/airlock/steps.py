@@ -15,6 +15,7 @@ from airlock import upgrade_log
 from airlock.artifacts.base import ArtifactError, compare_artifacts, lost_artifacts, restore_artifacts
 from airlock.backups import (
     BackupError,
+    adopt_backup,
     apply_retention,
     backup_id_for,
     is_verified,
@@ -47,7 +48,7 @@ from airlock.versions import LATEST_PATCH, PlanError, check_requested, parse_ver
 from airlock.waits import Waiting, run_waits, waits_of
 from airlock.windows import WindowError, expected_duration, next_slot
 
-PREPARE, FINAL, POST_UPGRADE = "prepare", "final", "post-upgrade"
+PREPARE, PRE_STOP, FINAL, POST_UPGRADE = "prepare", "pre-stop", "final", "post-upgrade"
 log = logging.getLogger("airlock.steps")
 
 
@@ -128,20 +129,40 @@ def health(env: Environment) -> dict:
     return {"environment": env.name, "url": env.config.url, "version": env.adapter.server_version()}
 
 
-def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id: str | None = None) -> dict:
-    """A verified backup set (taken once per run and purpose; a retry reuses a verified one)."""
+def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id: str | None = None,
+           adopt_from: tuple[str, ...] = ()) -> dict:
+    """A verified backup set (taken once per run and purpose; a retry reuses a verified one). Where
+    the database still holds exactly what one of the verified sets `adopt_from` holds, that set's
+    files are adopted instead of a new dump (backups.adopt_backup)."""
     backup_id = backup_id or backup_id_for(env.name, purpose, run_id)
     if not is_verified(env.store, backup_id):
         meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
                 "platform": env.target.platform, "platform_version": version}
-        take_backup(env.database, env.store, backup_id, meta, env.driver.configuration(),
-                    env.artifacts if purpose != POST_UPGRADE else None)  # artifacts added since stay in place
+        artifacts = env.artifacts if purpose != POST_UPGRADE else None  # artifacts added since stay in place
+        adopted = next((source for source in adopt_from if adopt_backup(
+            env.database, env.store, backup_id, source, meta, env.driver.configuration(), artifacts)), None)
+        if adopted:
+            log.info("%s: the database holds exactly what the verified backup %s holds (every table's rows and "
+                     "checksum): its files make up %s, with no dump and no restore", env.name, adopted, backup_id)
+        else:
+            take_backup(env.database, env.store, backup_id, meta, env.driver.configuration(), artifacts)
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
     return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,
             "tables": len(manifest.tables), "rows": verification["rows"],
-            "bytes": sum(f["bytes"] for f in manifest.files.values()),
-            "backup_seconds": manifest.seconds, "verify_seconds": verification["seconds"]}
+            "bytes": sum(f["bytes"] for f in manifest.files.values()), "adopted_from": manifest.facts.get(
+                "adopted_from"), "backup_seconds": manifest.seconds, "verify_seconds": verification["seconds"]}
+
+
+def backup_before_stop(env: Environment, run_id: str, plan_: dict) -> dict:
+    """A verified backup while the drained server still serves (or this run's phase-1 set, adopted
+    when nothing changed since): the final backup, taken with the server stopped, adopts it in turn
+    when nothing was written after it, so the dump and its verification stay out of the downtime."""
+    env_plan = plan_[env.name]
+    if env_plan["change"] == "none":
+        return {"skipped": f"{env.name} already runs {env_plan['target']}"}
+    return backup(env, PRE_STOP, run_id, env_plan["current"],
+                  adopt_from=(verified_prepare_backup(env, run_id, "back up"),))
 
 
 def inventory(envs: list[Environment]) -> dict:
@@ -346,8 +367,9 @@ def final_backup(env: Environment, run_id: str) -> dict:
         raise UpgradeError(f"refusing to back up {env.name} again: its migration has started and the backup "
                            f"{final_id} taken before it is not verified; roll back from "
                            f"{marker['prepare_backup_id']} by hand")
+    adopt_from = (backup_id_for(env.name, PRE_STOP, run_id), marker["prepare_backup_id"])
     for _ in range(REFINGERPRINT_ROUNDS):
-        result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id)
+        result = backup(env, FINAL, run_id, marker["from_version"], backup_id=final_id, adopt_from=adopt_from)
         changed = changed_tables(marker.get("fingerprint_tables"),
                                  users_data(env, read_manifest(env.store, final_id).tables))
         if not changed or marker.get("migration_started"):

@@ -89,6 +89,11 @@ class Database(ABC):
         """Every table's columns, in their order."""
 
     @abstractmethod
+    def consistent_stats(self) -> tuple[TableStats, Columns]:
+        """table_stats() and table_columns() read at one consistent point (one snapshot), as a dump's
+        statistics are: what proves the database still holds exactly what a backup set holds."""
+
+    @abstractmethod
     def scratch(self, label: str) -> Database:
         """A throw-away database of the same kind to restore into for verification (on the scratch
         server, when one is set); scratch copies of the same label and source that a dead worker left

@@ -278,6 +278,16 @@ class MysqlDatabase(Database):
         with self.connect() as conn:
             return self.columns_with(conn)
 
+    def consistent_stats(self) -> tuple[TableStats, Columns]:
+        with self.connect() as conn:
+            self.query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            self.query(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            try:
+                columns = self.columns_with(conn)
+                return self.stats_with(conn, columns), columns
+            finally:
+                self.query(conn, "ROLLBACK")
+
     def facts_with(self, conn) -> dict:
         charset, collation = self.query(
             conn, "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "

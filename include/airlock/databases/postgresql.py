@@ -163,6 +163,14 @@ class PostgresDatabase(Database):
         with self.connect() as conn:
             return self.columns_with(conn)
 
+    def consistent_stats(self) -> tuple[TableStats, Columns]:
+        with self.connect(autocommit=False) as conn:
+            self.query(conn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            try:
+                return self.stats_with(conn), self.columns_with(conn)
+            finally:
+                conn.rollback()
+
     def facts_with(self, conn) -> dict:
         schema = None
         if ("public", "alembic_version") in self.tables(conn):

@@ -31,24 +31,44 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def columns_with(conn: sqlite3.Connection) -> Columns:
+    tables = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return {table: [row[1] for row in conn.execute(f"PRAGMA table_info({quote_identifier(table)})")]
+            for table in tables}
+
+
+def stats_with(conn: sqlite3.Connection, columns: Columns) -> TableStats:
+    stats: TableStats = {}
+    for table, names in columns.items():
+        selected = ",".join(quote_identifier(name) for name in names)
+        rows, checksum = row_checksum_sum(conn.execute(f"SELECT {selected} FROM {quote_identifier(table)}"))
+        stats[table] = {"rows": rows, "checksum": checksum}
+    return stats
+
+
 def columns_of(path: Path) -> Columns:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        return {table: [row[1] for row in conn.execute(f"PRAGMA table_info({quote_identifier(table)})")]
-                for table in tables}
+    with closing(read_only(path)) as conn:
+        return columns_with(conn)
 
 
 def stats_of(path: Path, columns: Columns | None = None) -> TableStats:
     """Row count and order-independent checksum of every user table in a SQLite file (or of the
     tables and columns given)."""
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        stats: TableStats = {}
-        for table, names in (columns or columns_of(path)).items():
-            selected = ",".join(quote_identifier(name) for name in names)
-            rows, checksum = row_checksum_sum(conn.execute(f"SELECT {selected} FROM {quote_identifier(table)}"))
-            stats[table] = {"rows": rows, "checksum": checksum}
-        return stats
+    with closing(read_only(path)) as conn:
+        return stats_with(conn, columns or columns_with(conn))
+
+
+def consistent_stats_of(path: Path) -> tuple[TableStats, Columns]:
+    """Both read in one transaction: one snapshot of the file."""
+    with closing(read_only(path)) as conn:
+        conn.execute("BEGIN")
+        columns = columns_with(conn)
+        return stats_with(conn, columns), columns
 
 
 def schema_version_of(path: Path) -> str | None:
@@ -143,6 +163,9 @@ class SqliteDatabase(Database):
 
     def table_columns(self) -> Columns:
         return columns_of(self.path)
+
+    def consistent_stats(self) -> tuple[TableStats, Columns]:
+        return consistent_stats_of(self.path)
 
     def scratch(self, label: str) -> SqliteDatabase:
         prefix = self.scratch_prefix(label).replace("_", "-")

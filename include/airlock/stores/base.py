@@ -75,6 +75,11 @@ class BackupStore(ABC):
     def open_stream(self, backup_id: str, name: str) -> AbstractContextManager[BinaryIO]: ...
 
     @abstractmethod
+    def copy_file(self, source_id: str, backup_id: str, name: str, tags: dict[str, str]) -> None:
+        """One file of the set `source_id` into the set `backup_id`, inside the store: nothing is read
+        through the worker."""
+
+    @abstractmethod
     def digest(self, backup_id: str, name: str) -> dict | None:
         """sha256 and size of a stored file, read back from the store; None when it is missing."""
 
