@@ -126,7 +126,7 @@ def measure(args, database: MysqlDatabase, adapter: MlflowAdapter) -> dict:
     env = SimpleNamespace(name="production", database=database, adapter=adapter)
     before, (_, stats) = timed(lambda: steady_fingerprint(env))
     columns = database.table_columns()
-    migrated, (_, _, problems) = timed(lambda: compare_migrated(database, stats, columns,
+    migrated, (_, _, problems) = timed(lambda: compare_migrated(database, stats, {"columns": columns},
                                                                 adapter.migration_rewrites))
     assert problems == [], problems  # nothing changed: the check must say so
     after, _ = timed(adapter.fingerprint)

@@ -133,6 +133,7 @@ def adopts_only_while_equal(db, store) -> None:
 
     assert adopted is not None and adopted.facts["adopted_from"] == "b1" and adopted.purpose == "final"
     assert adopted.tables == first.tables
+    assert ("engine_checksums" in first.facts) == isinstance(db, MysqlDatabase)  # MariaDB: proven by CHECKSUM TABLE
     assert {name: entry for name, entry in adopted.files.items() if name != "configuration.json"} == \
         {name: entry for name, entry in first.files.items() if name != "configuration.json"}
     assert is_verified(store, "b2") and store.read_json("b2", "verification.json")["equal_to"] == "b1"
@@ -155,7 +156,7 @@ def test_a_verified_set_is_adopted_only_while_the_database_holds_exactly_its_dat
 
 def migrated_losses(db, manifest, rewritten: tuple[str, ...] = ()) -> list[str]:
     """The database now against a backup, as the step after a migration compares them."""
-    return compare_migrated(db, manifest.tables, manifest.facts["columns"], rewritten)[2]
+    return compare_migrated(db, manifest.tables, manifest.facts, rewritten)[2]
 
 
 def test_a_migration_that_adds_is_equal_and_one_that_loses_or_rewrites_is_named(db, tmp_path):
@@ -180,6 +181,32 @@ def test_a_migration_that_adds_is_equal_and_one_that_loses_or_rewrites_is_named(
     assert migrated_losses(db, manifest, rewritten=("experiments",)) == ["table metrics: 499 rows before, 400 after"]
     assert migrated_losses(db, manifest, rewritten=("experiments", "metrics")) == [
         "table metrics: 499 rows before, 400 after"]
+
+
+def test_on_mysql_a_table_the_migration_only_indexed_is_proven_by_its_engine_checksum(tmp_path):
+    """MariaDB's CHECKSUM TABLE, recorded with the backup, proves a table whose columns the migration
+    left as they were unchanged in one engine scan (MLflow 3's migration only indexes `metrics`, its
+    largest table); a changed value in such a table still fails the engine checksum and is named by
+    the SQL checksum."""
+    db = filled_database("mydumper", tmp_path, "airlock_it_engine")
+    try:
+        manifest = take_backup(db, store_in(tmp_path), "b1", META)
+        assert set(manifest.facts["engine_checksums"]) == {"experiments", "metrics"}
+        summed, real_stats = [], db.stats_with
+
+        def stats_with(conn, columns=None):
+            summed.extend(columns or ["(all)"])
+            return real_stats(conn, columns)
+
+        db.stats_with = stats_with
+        execute(db, "CREATE INDEX by_value ON metrics (value)", "ALTER TABLE experiments ADD COLUMN workspace "
+                    "VARCHAR(50) DEFAULT 'default'")
+        assert migrated_losses(db, manifest) == []
+        assert summed == ["experiments"]  # metrics: its engine checksum, no SQL checksum pass
+        execute(db, "UPDATE metrics SET value = 0.5 WHERE id = 7")
+        assert migrated_losses(db, manifest) == ["table metrics: values changed in its old columns (499 rows)"]
+    finally:
+        db.drop()
 
 
 def test_verification_leaves_no_scratch_database_behind(db, tmp_path):

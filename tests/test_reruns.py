@@ -68,6 +68,7 @@ def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_aft
     final = steps.final_backup(env, RUN)
 
     assert final["adopted_from"] == serving["backup_id"] and final["fingerprint_describes_backup"]
+    assert serving["backup_id"] not in env.store.backup_ids()  # the final set holds its files: one copy kept
     steps.migrate(env, RUN)
     assert steps.verify_migrated_data(env, RUN)["equal_to_final_backup"]
     run_waits(steps.start(env, RUN))

@@ -178,8 +178,7 @@ def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: st
         return None
     started = time.monotonic()
     source = read_manifest(store, source_id)
-    tables, columns = db.consistent_stats()
-    if source.database != db.describe() or tables != source.tables or columns != source.facts.get("columns"):
+    if source.database != db.describe() or not db.holds_exactly(source.tables, source.facts):
         return None
     store.begin(backup_id)
     files = {}
@@ -187,8 +186,8 @@ def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: st
         if name not in (CONFIGURATION, INVENTORY):
             store.copy_file(source_id, backup_id, name, tags_for(meta))
             files[name] = entry
-    complete_set(db, store, backup_id, meta, files, tables, {**source.facts, "adopted_from": source_id}, started,
-                 configuration, artifacts)
+    complete_set(db, store, backup_id, meta, files, source.tables, {**source.facts, "adopted_from": source_id},
+                 started, configuration, artifacts)
     source_verification = store.read_json(source_id, VERIFICATION) or {}
     record_verification(store, backup_id, started, equal_to=source_id,
                         source_verified_at=source_verification.get("verified_at"),

@@ -46,12 +46,12 @@ def migration_losses(before: TableStats, before_columns: Columns, now: TableStat
     return problems
 
 
-def compare_migrated(db: Database, before: TableStats, before_columns: Columns,
+def compare_migrated(db: Database, before: TableStats, facts: dict,
                      rewritten: tuple[str, ...] = ()) -> tuple[TableStats, Columns, list[str]]:
     """The database now (statistics over the shared columns, and its columns) and what it lost of
-    the data `before` describes."""
-    now_columns = db.table_columns()
-    now = db.table_stats(shared_columns(before_columns, now_columns))
+    the data `before` (a backup's statistics, with its `facts`) describes."""
+    before_columns, now_columns = facts["columns"], db.table_columns()
+    now = db.table_stats_since(shared_columns(before_columns, now_columns), before, facts)
     return now, now_columns, migration_losses(before, before_columns, now, now_columns, rewritten)
 
 

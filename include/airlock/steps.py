@@ -383,6 +383,8 @@ def final_backup(env: Environment, run_id: str) -> dict:
     env.store.write_json(final_id, FINGERPRINT, {"fingerprint": marker["fingerprint"], "run_id": run_id,
                                                  "version": marker["from_version"]})
     env.store.mark_in_progress(marker)
+    if result["adopted_from"] == adopt_from[0]:
+        env.store.delete(adopt_from[0])  # its files live on in the final set: one copy in the store, not two
     return {**result, "fingerprint_describes_backup": True}
 
 
@@ -533,7 +535,7 @@ def verify_migrated_data(env: Environment, run_id: str) -> dict:
         return {"skipped": f"backup {final_id} records no columns (an older Airlock took it): the data is compared "
                            "through the server's API only"}
     started = time.monotonic()
-    now, now_columns, problems = compare_migrated(env.database, manifest.tables, before_columns,
+    now, now_columns, problems = compare_migrated(env.database, manifest.tables, manifest.facts,
                                                   env.adapter.migration_rewrites + env.adapter.self_written_tables)
     if problems:
         raise UpgradeError(f"{env.name}: the migration to {marker['to_version']} lost or changed data of the final "

@@ -91,7 +91,18 @@ class Database(ABC):
     @abstractmethod
     def consistent_stats(self) -> tuple[TableStats, Columns]:
         """table_stats() and table_columns() read at one consistent point (one snapshot), as a dump's
-        statistics are: what proves the database still holds exactly what a backup set holds."""
+        statistics are."""
+
+    def holds_exactly(self, tables: TableStats, facts: dict) -> bool:
+        """Whether the database holds exactly the data of a backup with these statistics and facts
+        (every table's rows and checksum, and its columns), read at one consistent point."""
+        stats, columns = self.consistent_stats()
+        return stats == tables and columns == facts.get("columns")
+
+    def table_stats_since(self, columns: Columns, before: TableStats, facts: dict) -> TableStats:
+        """table_stats(columns) after a migration, against a backup with statistics `before` and `facts`
+        (a database with a cheaper proof that a table is unchanged takes `before`'s for it)."""
+        return self.table_stats(columns)
 
     @abstractmethod
     def scratch(self, label: str) -> Database:

@@ -279,14 +279,56 @@ class MysqlDatabase(Database):
             return self.columns_with(conn)
 
     def consistent_stats(self) -> tuple[TableStats, Columns]:
+        with self.snapshot() as conn:
+            columns = self.columns_with(conn)
+            return self.stats_with(conn, columns), columns
+
+    @contextmanager
+    def snapshot(self) -> Iterator[MySQLdb.Connection]:
+        """A connection whose reads all see one consistent snapshot."""
         with self.connect() as conn:
             self.query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             self.query(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
             try:
-                columns = self.columns_with(conn)
-                return self.stats_with(conn, columns), columns
+                yield conn
             finally:
                 self.query(conn, "ROLLBACK")
+
+    def engine_checksums_with(self, conn, tables: list[str]) -> dict[str, str | None]:
+        """The server's own CHECKSUM TABLE of each table: one scan inside the storage engine, about a
+        third of the SQL checksum's time (a consistent read inside a snapshot). It depends on the
+        table's row format, so it only tells whether a table on this server is unchanged; backups
+        are still compared by the SQL checksum (stats_with)."""
+        if not tables:
+            return {}
+        rows = self.query(conn, "CHECKSUM TABLE " + ", ".join(quote_identifier(table) for table in tables))
+        return {name.split(".", 1)[1]: None if value is None else format(int(value), "x") for name, value in rows}
+
+    def holds_exactly(self, tables: TableStats, facts: dict) -> bool:
+        """With the engine checksums the backup recorded: the same columns and the same engine
+        checksum for every table (one engine scan instead of the SQL checksum pass)."""
+        recorded = facts.get("engine_checksums")
+        if not recorded or set(recorded) != set(tables) or None in recorded.values():
+            return super().holds_exactly(tables, facts)
+        with self.snapshot() as conn:
+            columns = self.columns_with(conn)
+            return columns == facts.get("columns") and self.engine_checksums_with(conn, list(columns)) == recorded
+
+    def table_stats_since(self, columns: Columns, before: TableStats, facts: dict) -> TableStats:
+        """A table the migration left with all its old columns, in order, and whose engine checksum
+        is the one the backup recorded holds the backup's rows: it takes the backup's statistics
+        (a migration that only adds an index costs one engine scan, not the SQL checksum pass); any
+        other table is checked by the SQL checksum over the shared columns."""
+        recorded, old_columns = facts.get("engine_checksums") or {}, facts.get("columns") or {}
+        with self.connect() as conn:
+            now_columns = self.columns_with(conn)
+            whole = [table for table in columns if now_columns.get(table) == old_columns.get(table) == columns[table]
+                     and recorded.get(table) is not None and table in before]
+            same = {table for table, checksum in self.engine_checksums_with(conn, whole).items()
+                    if checksum == recorded[table]}
+            remaining = {table: names for table, names in columns.items() if table not in same}
+            rest = self.stats_with(conn, remaining) if remaining else {}
+        return {table: (before[table] if table in same else rest[table]) for table in columns}
 
     def facts_with(self, conn) -> dict:
         charset, collation = self.query(
@@ -360,6 +402,7 @@ class MysqlDatabase(Database):
                     release()
                     held = time.monotonic() - locked_at
                     stats = self.stats_with(snap_conn)
+                    facts["engine_checksums"] = self.engine_checksums_with(snap_conn, list(stats))
                     dumping.result()
                 if watcher.too_late:
                     raise DatabaseError(f"{self.describe()}: the dump tool did not open its snapshot within "
