@@ -209,6 +209,21 @@ def test_on_mysql_a_table_the_migration_only_indexed_is_proven_by_its_engine_che
         db.drop()
 
 
+def test_mariadbs_checksum_table_reads_the_dumps_snapshot_not_a_later_write(tmp_path):
+    """What recording CHECKSUM TABLE with a dump relies on: inside the snapshot, a write committed
+    after it is not seen (else a backup missing that write could later pass as equal to the live data)."""
+    db = filled_database("mydumper", tmp_path, "airlock_it_engine_snap")
+    try:
+        with db.snapshot() as conn:
+            before = db.engine_checksums_with(conn, ["experiments"])
+            execute(db, "INSERT INTO experiments (id, name) VALUES (100, 'written after the snapshot')")
+            assert db.engine_checksums_with(conn, ["experiments"]) == before
+        with db.connect() as conn:
+            assert db.engine_checksums_with(conn, ["experiments"]) != before
+    finally:
+        db.drop()
+
+
 def test_verification_leaves_no_scratch_database_behind(db, tmp_path):
     store = store_in(tmp_path)
     take_backup(db, store, "b1", META)

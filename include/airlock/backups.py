@@ -169,10 +169,10 @@ def complete_set(db: Database, store: BackupStore, backup_id: str, meta: dict, f
 def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: str, meta: dict,
                  configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest | None:
     """The set `backup_id` made of the verified set `source_id`'s database files, when the database
-    holds exactly what that set holds: every table's rows and checksum, and its columns, read at one
-    consistent point. Its verification (a restore found equal to those statistics) then holds for the
+    holds exactly what that set holds (Database.holds_exactly: every table's checksum and columns,
+    read at one consistent point). Its verification (a restore found equal to those statistics) then holds for the
     new set too, so the files are copied inside the store (hard links on a disk, server-side copies in
-    S3) instead of dumped and restored again: one checksum pass instead of a dump and a restore. The
+    S3) instead of dumped and restored again: one checksum scan instead of a dump and a restore. The
     configuration and the artifact inventory are taken anew. None when anything differs."""
     if not is_verified(store, source_id):
         return None
