@@ -65,6 +65,17 @@ def test_a_transient_error_is_looked_at_again():
     assert clock.slept == [4]  # backing off: 2 poll intervals after the first error
 
 
+def test_a_transient_error_polled_here_is_logged_with_when_it_is_tried_again(caplog):
+    """As the triggerer logs it: on-call reading a slow rollback's log sees why it is not done yet."""
+    clock = Clock()
+    caplog.set_level("INFO", logger="airlock.waits")
+    run_waits(a_step(wait_for("flaky", [ConnectionResetError("reset by peer")] * 2 + [{"done": True}])),
+              clock=clock, sleep=clock.sleep)
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        "flaky ready: the last look failed (reset by peer), 1 in a row; trying again in 4 s",
+        "flaky ready: the last look failed (reset by peer), 2 in a row; trying again in 8 s"]
+
+
 def test_errors_in_a_row_fail_the_wait_as_the_triggerer_does_not_at_the_timeout():
     clock = Clock()
     with pytest.raises(WaitFailed) as failed:

@@ -132,6 +132,12 @@ def poll_here(wait: Wait, clock, sleep) -> dict:
             return last
         if clock() >= deadline:
             raise wait.reported(wait.timed_out(last))
+        if errors:
+            backoff = backoff_seconds(wait.poll_interval, errors)
+            log.warning("%s: the last look failed (%s), %d in a row; trying again in %.0f s", wait.what,
+                        last["transient_error"], errors, backoff)
+            sleep(backoff)
+            continue
         if every.due():
             log.info(wait_line(wait.what, clock() - started, deadline - clock(), last))
-        sleep(backoff_seconds(wait.poll_interval, errors) if errors else wait.poll_interval)
+        sleep(wait.poll_interval)
