@@ -246,6 +246,9 @@ class GateAnswerer(threading.Thread):
     `answer`."""
 
     READ_SECONDS = 3
+    ERRORS_IN_A_ROW = 30
+    """A look that fails (the metadata database locked, the API app busy) is tried again a second
+    later; only this many failures in a row end the answerer (its errors say why)."""
 
     def __init__(self, dag_id: str, answer: str | None, answers: dict[str, str] | None = None,
                  timeout: float = 900):
@@ -258,6 +261,7 @@ class GateAnswerer(threading.Thread):
         self.tried: dict[str, list[tuple[str, int]]] = {}
         """Each answer given to a gate, with the API's status (a refused option, then the one taken)."""
         self.stop_event = threading.Event()
+        self.errors: list[str] = []
 
     @property
     def response(self) -> dict | None:
@@ -268,11 +272,19 @@ class GateAnswerer(threading.Thread):
         return self.bodies.get("uat.approval", "")
 
     def run(self) -> None:
-        deadline, first_seen, client = time.monotonic() + self.timeout, {}, None
+        deadline, first_seen, client, in_a_row = time.monotonic() + self.timeout, {}, None, 0
         while not self.stop_event.is_set() and time.monotonic() < deadline:
-            if any(self.due(task_id, first_seen) for task_id in self.pending_gates()):
-                client = client or self.api_client()
-                self.read_and_answer(client, first_seen)
+            try:
+                if any(self.due(task_id, first_seen) for task_id in self.pending_gates()):
+                    client = client or self.api_client()
+                    self.read_and_answer(client, first_seen)
+                in_a_row = 0
+            except Exception as error:  # a thread that died here would leave its run waiting on a gate for good
+                in_a_row += 1
+                self.errors.append(f"{type(error).__name__}: {error}")
+                print(f"gate answerer of {self.dag_id}: {self.errors[-1]} ({in_a_row} in a row)", flush=True)
+                if in_a_row >= self.ERRORS_IN_A_ROW:
+                    raise
             time.sleep(1)
 
     def due(self, task_id: str, first_seen: dict[str, float]) -> bool:
