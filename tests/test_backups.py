@@ -154,6 +154,18 @@ def test_a_verified_set_is_adopted_only_while_the_database_holds_exactly_its_dat
     adopts_only_while_equal(db, signed_store(tmp_path))
 
 
+def test_a_set_missing_a_file_since_its_verification_is_not_adopted(tmp_path):
+    """The set to adopt lost a file (deleted by hand, a broken disk): the new set is dumped instead
+    of failing the final backup, and nothing half-made of it stays in the store."""
+    db = filled_database("sqlite", tmp_path, "unused")
+    store = store_in(tmp_path)
+    manifest = take_backup(db, store, "b1", META)
+    verify_backup(db, store, "b1")
+    (store.path("b1") / next(iter(manifest.files))).unlink()
+    assert adopt_backup(db, store, "b2", "b1", FINAL_META) is None
+    assert store.backup_ids() == ["b1"]
+
+
 def migrated_losses(db, manifest, rewritten: tuple[str, ...] = ()) -> list[str]:
     """The database now against a backup, as the step after a migration compares them."""
     return compare_migrated(db, manifest.tables, manifest.facts, rewritten)[2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
 import threading
@@ -26,13 +27,15 @@ from airlock.artifacts.base import INVENTORY, ArtifactStore, keep_artifacts
 from airlock.databases.base import Database, TableStats
 from airlock.progress import ticking
 from airlock.signing import SigningError
-from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore, MissingFile
+from airlock.stores.base import MANIFEST, VERIFICATION, BackupStore, MissingFile, StoreError
 
 CONFIGURATION = "configuration.json"
 DOWNLOADS = 4
 SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*")
 """What a set's own files are called (dump/…, configuration.json): relative, no `..`."""
 
+
+log = logging.getLogger("airlock.backup")
 
 class BackupError(RuntimeError):
     """A backup that is missing, incomplete, corrupted or does not match its manifest."""
@@ -181,11 +184,14 @@ def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: st
     if source.database != db.describe() or not db.holds_exactly(source.tables, source.facts):
         return None
     store.begin(backup_id)
-    files = {}
-    for name, entry in source.files.items():
-        if name not in (CONFIGURATION, INVENTORY):
+    files = {name: entry for name, entry in source.files.items() if name not in (CONFIGURATION, INVENTORY)}
+    try:
+        for name in files:
             store.copy_file(source_id, backup_id, name, tags_for(meta))
-            files[name] = entry
+    except StoreError as error:  # a file of the set went missing since it was verified: dump instead
+        log.warning("backup %s cannot be made of %s's files (%s); it is dumped instead", backup_id, source_id, error)
+        store.delete(backup_id)
+        return None
     complete_set(db, store, backup_id, meta, files, source.tables, {**source.facts, "adopted_from": source_id},
                  started, configuration, artifacts)
     source_verification = store.read_json(source_id, VERIFICATION) or {}

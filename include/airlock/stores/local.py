@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from airlock.stores.base import IN_PROGRESS, MANIFEST, BackupStore, digest_of_bytes, sha256_of
+from airlock.stores.base import IN_PROGRESS, MANIFEST, BackupStore, MissingFile, digest_of_bytes, sha256_of
 
 
 def private_dir(path: Path) -> Path:
@@ -76,6 +76,8 @@ class LocalBackupStore(BackupStore):
     def copy_file(self, source_id: str, backup_id: str, name: str, tags: dict[str, str]) -> None:
         """A hard link (the sets are owner-only folders of one file system); a copy where links fail."""
         source, target = self.path(source_id) / name, self.path(backup_id) / name
+        if not source.is_file():
+            raise MissingFile(f"{source} does not exist")
         private_dir(target.parent)
         try:
             os.link(source, target)
