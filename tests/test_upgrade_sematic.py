@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,27 @@ def test_drain_sees_a_sematic_pipeline_until_it_resolves(world, tmp_path):
         output = pipeline.communicate(timeout=60)[0].decode()
     assert pipeline.returncode == 0, output[-2000:]
     assert drain_check("sematic", env.config.url, stale_after_minutes=60, **login)["done"] is True
+
+
+def test_sematic_migrations_of_two_environments_at_once_keep_to_their_own_folders(tmp_path, monkeypatch,
+                                                                                    sematic_venvs):
+    """Importing Sematic creates $HOME/.sematic; two migrations at once on a worker whose home has
+    none yet raced to create it and one failed (seen on a new machine). Each runs in its environment's
+    own folder, as its server does, and the worker's home holds none."""
+    scenario = make_scenario("sematic_migrations", tmp_path, 5212, 5213, "sematic")
+    write_targets(tmp_path / "targets.yaml", [scenario])
+    monkeypatch.setenv("AIRLOCK_TARGETS_FILE", str(tmp_path / "targets.yaml"))
+    home = tmp_path / "worker-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    envs = [scenario.env(name, login=False) for name in ("staging", "production")]
+    for env in envs:
+        Path(env.database.path).parent.mkdir(parents=True, exist_ok=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        migrated = list(pool.map(lambda env: env.driver.migrate(OLD), envs))
+
+    assert all(result["seconds"] > 0 for result in migrated)
+    assert all(env.database.table_stats() for env in envs)  # each has its schema
+    assert [(Path(env.config.driver.artifact_root) / ".sematic").is_dir() for env in envs] == [True, True]
+    assert not (home / ".sematic").exists()

@@ -224,7 +224,8 @@ class ProcessDriver:
 
     def migration_command(self, version: str, database: Database | None = None) -> Command:
         database = database or self.database
-        return self.adapter.migration_command(str(self.venv_path(version) / "bin"), database.sqlalchemy_uri())
+        return self.adapter.migration_command(str(self.venv_path(version) / "bin"), database.sqlalchemy_uri(),
+                                              self.env.driver.artifact_root)
 
     def configuration(self) -> dict:
         """The deployment as the driver sees it, without secret values (for the backup set)."""
@@ -350,6 +351,7 @@ class ProcessDriver:
         against another database (a rehearsal on a restored copy)."""
         database = database or self.database
         self.ensure_installed(version)
+        Path(self.env.driver.artifact_root).mkdir(parents=True, exist_ok=True)
         command = self.migration_command(version, database)
         started, limit = time.monotonic(), self.env.driver.migration_timeout_seconds
         try:

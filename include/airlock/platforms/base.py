@@ -204,7 +204,9 @@ class PlatformAdapter(ABC):
     def server_command(self, bin_dir: str, host: str, port: int, db_uri: str, artifact_root: str) -> Command: ...
 
     @abstractmethod
-    def migration_command(self, bin_dir: str, db_uri: str) -> Command: ...
+    def migration_command(self, bin_dir: str, db_uri: str, artifact_root: str) -> Command:
+        """The new version's migration of `db_uri`; `artifact_root` is the environment's own folder,
+        as the server gets it."""
 
     @abstractmethod
     def client_problem(self, client: Version, server: Version) -> str | None:

@@ -104,7 +104,7 @@ class MlflowAdapter(PlatformAdapter):
             secret_env={"MLFLOW_BACKEND_STORE_URI": db_uri},
         )
 
-    def migration_command(self, bin_dir: str, db_uri: str) -> Command:
+    def migration_command(self, bin_dir: str, db_uri: str, artifact_root: str) -> Command:
         # `mlflow db upgrade URL` takes the URL as an argument; call the same click command with
         # the URL from the environment so that the password never shows in a process list.
         script = "import os, mlflow.db as db; db.commands(['upgrade', os.environ['AIRLOCK_DB_URI']])"

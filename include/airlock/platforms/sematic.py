@@ -74,10 +74,12 @@ class SematicAdapter(PlatformAdapter):
             secret_env={"DATABASE_URL": db_uri},
         )
 
-    def migration_command(self, bin_dir: str, db_uri: str) -> Command:
-        # Sematic's server does not migrate at start; its CLI does, with this function.
+    def migration_command(self, bin_dir: str, db_uri: str, artifact_root: str) -> Command:
+        # Sematic's server does not migrate at start; its CLI does, with this function. Importing it
+        # creates $HOME/.sematic: the environment's own, as the server's (two migrations at once on a
+        # worker's fresh home race to create it, and one fails).
         return Command([f"{bin_dir}/python", "-c", "from sematic.db.migrate import migrate_up; migrate_up()"],
-                       secret_env={"DATABASE_URL": db_uri})
+                       env={"HOME": artifact_root}, secret_env={"DATABASE_URL": db_uri})
 
     def client_problem(self, client: Version, server: Version) -> str | None:
         if client > server:

@@ -88,7 +88,7 @@ class ZenmlAdapter(PlatformAdapter):
             secret_env={"ZENML_STORE_URL": zenml_store_url(db_uri)},
         )
 
-    def migration_command(self, bin_dir: str, db_uri: str) -> Command:
+    def migration_command(self, bin_dir: str, db_uri: str, artifact_root: str) -> Command:
         return Command([f"{bin_dir}/python", "-c", MIGRATE_SCRIPT],
                        secret_env={"AIRLOCK_DB_URI": zenml_store_url(db_uri)})
 
