@@ -116,6 +116,8 @@ def process_problems(pid: str, *, planted_too: bool = True) -> list[str]:
     argv = [part.decode(errors="replace") for part in cmdline.split(b"\0") if part]
     if not started_by_airlock(argv) or (environ_bytes := read_proc(pid, "environ")) is None:
         return []
+    if read_proc(pid, "cmdline") != cmdline:
+        return []  # it exec'd another program between the two reads: the next rounds look at that one
     environ = environ_bytes.split(b"\0")
     if not planted_too and PLANTED_ON_PURPOSE in environ:
         return []

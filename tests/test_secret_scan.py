@@ -80,3 +80,22 @@ def test_the_watch_catches_a_new_process_and_one_that_execs_a_tool_long_after_it
     watch.stopping.set()
     forget(process_watch, at_once, late)
     assert wanted <= set(watch.found), watch.found
+
+
+def test_a_process_that_execs_between_the_reads_is_not_judged_by_its_parents_command_line(monkeypatch):
+    """A server's CLI forks its worker, which execs with the vendor's own variables (MLflow's
+    _MLFLOW_SERVER_FILE_STORE, holding the database URL): read between the fork and the exec, the
+    command line is still the CLI's (Airlock's) and the environment already the worker's."""
+    cli = f"{leaks.venv_root()}/mlflow-2.16.2/bin/python\0/x/bin/mlflow\0server\0".encode()
+    environ = f"_MLFLOW_SERVER_FILE_STORE=mysql://u:{quote(leaks.PLANTED['database'], safe='')}@db/m\0".encode()
+    reads = {"environ": [environ, environ]}
+
+    def read_proc(pid: str, name: str) -> bytes:
+        return reads[name].pop(0)
+
+    monkeypatch.setattr(leaks, "read_proc", read_proc)
+    reads["cmdline"] = [cli, b"python\0-m\0gunicorn\0"]  # exec'd in between
+    assert leaks.process_problems("1") == []
+    reads["cmdline"] = [cli, cli]  # the CLI itself holding it: caught
+    assert leaks.process_problems("1") == [
+        "'python /x/bin/mlflow' has the database secret in _MLFLOW_SERVER_FILE_STORE"]
