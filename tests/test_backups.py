@@ -139,12 +139,16 @@ def adopts_only_while_equal(db, store) -> None:
     assert is_verified(store, "b2") and store.read_json("b2", "verification.json")["equal_to"] == "b1"
     assert store.read_json("b2", "configuration.json") == {"version": "2.16.2", "taken": "again"}
     execute(db, "UPDATE experiments SET note = 'changed' WHERE id = 3")
+    assert db.tables_changed_since(first.tables, first.facts) == ["experiments"]
     assert adopt_backup(db, store, "b3", "b1", FINAL_META) is None  # one value changed, same row count
     execute(db, "UPDATE experiments SET note = 'note 3' WHERE id = 3",
             "ALTER TABLE experiments RENAME COLUMN note TO remark")
     assert db.table_stats() == first.tables  # the checksums alone would not see the rename
+    assert db.tables_changed_since(first.tables, first.facts) == ["experiments"]
     assert adopt_backup(db, store, "b4", "b1", FINAL_META) is None
     assert sorted(store.backups()) == ["b1", "b2"]
+    execute(db, "DROP TABLE metrics")
+    assert db.tables_changed_since(first.tables, first.facts) == ["experiments", "metrics"]
     store.delete("b1")  # a retention may delete the set adopted from: the adopted one stands alone
     restore_backup(db, store, "b2")
     assert rows_of(db) == before and "remark" not in db.table_columns()["experiments"]

@@ -4,6 +4,7 @@ final backup), and a migration running past its bound."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -53,10 +54,11 @@ def test_a_rerun_after_a_rollback_backs_up_again_and_loses_nothing_written_in_be
     assert written
 
 
-def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_after_it(production):
+def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_after_it(production, caplog):
     """A run logged after phase 1 is in the backup taken while the drained server still serves; with
     nothing written after that, the final backup adopts its files (no dump or restore while the server
     is down), and the rollback restores exactly the data of before the upgrade from them."""
+    caplog.set_level(logging.INFO)
     env = production
     steps.backup(env, steps.PREPARE, RUN, OLD)
     log_a_run(env.config.url)
@@ -68,6 +70,8 @@ def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_aft
     final = steps.final_backup(env, RUN)
 
     assert final["adopted_from"] == serving["backup_id"] and final["fingerprint_describes_backup"]
+    proof = f"still holds exactly backup {serving['backup_id']}'s data"  # a progress line while the server is down
+    assert any(proof in record.getMessage() for record in caplog.records), caplog.text
     assert serving["backup_id"] not in env.store.backup_ids()  # the final set holds its files: one copy kept
     steps.migrate(env, RUN)
     assert steps.verify_migrated_data(env, RUN)["equal_to_final_backup"]
@@ -77,9 +81,10 @@ def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_aft
     assert env.adapter.fingerprint().digest == before.digest
 
 
-def test_a_write_after_the_serving_backup_is_dumped_in_the_final_backup_and_never_lost(production):
+def test_a_write_after_the_serving_backup_is_dumped_in_the_final_backup_and_never_lost(production, caplog):
     """The serving backup adopts phase 1 (nothing changed), then a run is logged before the stop (a
-    client after "Proceed anyway"): the final backup cannot adopt, dumps, and keeps that run."""
+    client after "Proceed anyway"): the final backup cannot adopt, says which tables changed since
+    which backup (it now dumps with the server down), dumps, and keeps that run."""
     env = production
     steps.backup(env, steps.PREPARE, RUN, OLD)
     serving = steps.backup_before_stop(env, RUN, PLAN)
@@ -90,6 +95,9 @@ def test_a_write_after_the_serving_backup_is_dumped_in_the_final_backup_and_neve
     final = steps.final_backup(env, RUN)
 
     assert final["adopted_from"] is None
+    said = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any(serving["backup_id"] in line and "runs" in line and "changed" in line for line in said), said
+    assert any("dumped and verified instead" in line for line in said), said
     assert steps.read_manifest(env.store, final["backup_id"]).tables["runs"]["rows"] == \
         steps.read_manifest(env.store, serving["backup_id"]).tables["runs"]["rows"] + 1
     steps.migrate(env, RUN)

@@ -172,16 +172,26 @@ def complete_set(db: Database, store: BackupStore, backup_id: str, meta: dict, f
 def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: str, meta: dict,
                  configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest | None:
     """The set `backup_id` made of the verified set `source_id`'s database files, when the database
-    holds exactly what that set holds (Database.holds_exactly: every table's checksum and columns,
-    read at one consistent point). Its verification (a restore found equal to those statistics) then holds for the
-    new set too, so the files are copied inside the store (hard links on a disk, server-side copies in
-    S3) instead of dumped and restored again: one checksum scan instead of a dump and a restore. The
-    configuration and the artifact inventory are taken anew. None when anything differs."""
+    holds exactly what that set holds (Database.tables_changed_since: every table's checksum and
+    columns, read at one consistent point). Its verification (a restore found equal to those
+    statistics) then holds for the new set too, so the files are copied inside the store (hard links
+    on a disk, server-side copies in S3) instead of dumped and restored again: one checksum scan
+    instead of a dump and a restore. The configuration and the artifact inventory are taken anew.
+    None, saying why, when anything differs."""
     if not is_verified(store, source_id):
+        log.info("backup %s is not verified: %s is not made of its files", source_id, backup_id)
         return None
     started = time.monotonic()
     source = read_manifest(store, source_id)
-    if source.database != db.describe() or not db.holds_exactly(source.tables, source.facts):
+    if source.database != db.describe():
+        log.warning("backup %s is of %s, not of %s: %s is not made of its files", source_id, source.database,
+                    db.describe(), backup_id)
+        return None
+    with ticking(f"checking that {db.describe()} still holds exactly backup {source_id}'s data"):
+        changed = db.tables_changed_since(source.tables, source.facts)
+    if changed:
+        log.warning("%s changed since backup %s was taken (tables %s): %s is not made of its files", db.describe(),
+                    source_id, ", ".join(changed), backup_id)
         return None
     store.begin(backup_id)
     files = {name: entry for name, entry in source.files.items() if name not in (CONFIGURATION, INVENTORY)}

@@ -139,13 +139,17 @@ def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id:
         meta = {"target": env.target.name, "environment": env.name, "purpose": purpose, "run_id": run_id,
                 "platform": env.target.platform, "platform_version": version}
         artifacts = env.artifacts if purpose != POST_UPGRADE else None  # artifacts added since stay in place
+        configuration = env.driver.configuration()
         adopted = next((source for source in adopt_from if adopt_backup(
-            env.database, env.store, backup_id, source, meta, env.driver.configuration(), artifacts)), None)
+            env.database, env.store, backup_id, source, meta, configuration, artifacts)), None)
         if adopted:
             log.info("%s: the database holds exactly what the verified backup %s holds (every table's rows and "
                      "checksum): its files make up %s, with no dump and no restore", env.name, adopted, backup_id)
         else:
-            take_backup(env.database, env.store, backup_id, meta, env.driver.configuration(), artifacts)
+            if adopt_from:
+                log.warning("%s: no earlier backup holds exactly the database's data now (%s): %s is dumped and "
+                            "verified instead, which takes longer", env.name, ", ".join(adopt_from), backup_id)
+            take_backup(env.database, env.store, backup_id, meta, configuration, artifacts)
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
     return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,

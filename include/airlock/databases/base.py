@@ -93,11 +93,12 @@ class Database(ABC):
         """table_stats() and table_columns() read at one consistent point (one snapshot), as a dump's
         statistics are."""
 
-    def holds_exactly(self, tables: TableStats, facts: dict) -> bool:
-        """Whether the database holds exactly the data of a backup with these statistics and facts
-        (every table's rows and checksum, and its columns), read at one consistent point."""
+    def tables_changed_since(self, tables: TableStats, facts: dict) -> list[str]:
+        """The tables whose rows, checksum or columns differ from a backup with these statistics and
+        facts (added and dropped ones too), read at one consistent point: none when the database
+        holds exactly that backup's data."""
         stats, columns = self.consistent_stats()
-        return stats == tables and columns == facts.get("columns")
+        return sorted(differing(stats, tables) | differing(columns, facts.get("columns") or {}))
 
     def table_stats_since(self, columns: Columns, before: TableStats, facts: dict) -> TableStats:
         """table_stats(columns) after a migration, against a backup with statistics `before` and `facts`
@@ -188,6 +189,11 @@ class Database(ABC):
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+def differing(now: dict, then: dict) -> set[str]:
+    """The keys whose value differs between two per-table mappings, or that only one of them has."""
+    return {key for key in now.keys() | then.keys() if now.get(key) != then.get(key)}
 
 
 def row_checksum_sum(rows) -> tuple[int, str]:

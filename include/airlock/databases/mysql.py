@@ -40,6 +40,7 @@ from airlock.databases.base import (
     compressed_output,
     decompress_into,
     decompress_stream_into,
+    differing,
     progress_log,
 )
 
@@ -305,15 +306,16 @@ class MysqlDatabase(Database):
         rows = self.query(conn, "CHECKSUM TABLE " + ", ".join(quote_identifier(table) for table in tables))
         return {name.split(".", 1)[1]: None if value is None else format(int(value), "x") for name, value in rows}
 
-    def holds_exactly(self, tables: TableStats, facts: dict) -> bool:
-        """With the engine checksums the backup recorded: the same columns and the same engine
-        checksum for every table (one engine scan instead of the SQL checksum pass)."""
+    def tables_changed_since(self, tables: TableStats, facts: dict) -> list[str]:
+        """With the engine checksums the backup recorded: the tables whose columns or engine checksum
+        differ (one engine scan instead of the SQL checksum pass)."""
         recorded = facts.get("engine_checksums")
         if not recorded or set(recorded) != set(tables) or None in recorded.values():
-            return super().holds_exactly(tables, facts)
+            return super().tables_changed_since(tables, facts)
         with self.snapshot() as conn:
             columns = self.columns_with(conn)
-            return columns == facts.get("columns") and self.engine_checksums_with(conn, list(columns)) == recorded
+            checksums = self.engine_checksums_with(conn, list(columns))
+        return sorted(differing(columns, facts.get("columns") or {}) | differing(checksums, recorded))
 
     def table_stats_since(self, columns: Columns, before: TableStats, facts: dict) -> TableStats:
         """A table the migration left with all its old columns, in order, and whose engine checksum
