@@ -146,9 +146,10 @@ def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id:
             log.info("%s: the database holds exactly what the verified backup %s holds (every table's rows and "
                      "checksum): its files make up %s, with no dump and no restore", env.name, adopted, backup_id)
         else:
-            if adopt_from:
-                log.warning("%s: no earlier backup holds exactly the database's data now (%s): %s is dumped and "
-                            "verified instead, which takes longer", env.name, ", ".join(adopt_from), backup_id)
+            if adopt_from:  # with the server down (the final backup), this is downtime: on-call wants to know
+                log.log(logging.WARNING if purpose == FINAL else logging.INFO,
+                        "%s: no earlier backup holds exactly the database's data now (%s): %s is dumped and "
+                        "verified instead, which takes longer", env.name, ", ".join(adopt_from), backup_id)
             take_backup(env.database, env.store, backup_id, meta, configuration, artifacts)
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
