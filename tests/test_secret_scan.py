@@ -3,9 +3,11 @@ suite would prove nothing."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import leaks
@@ -99,3 +101,30 @@ def test_a_process_that_execs_between_the_reads_is_not_judged_by_its_parents_com
     reads["cmdline"] = [cli, cli]  # the CLI itself holding it: caught
     assert leaks.process_problems("1") == [
         "'python /x/bin/mlflow' has the database secret in _MLFLOW_SERVER_FILE_STORE"]
+
+
+RUNS_A_PROCESS = {"run", "Popen", "check_output", "check_call", "call"}
+
+
+def tool_runs_without_an_environment(source: str) -> list[int]:
+    """The lines where code runs one of Airlock's tools, named in a literal argv, without `env=`: the
+    suite-wide watch reads such a process as Airlock's, and the test's environment (AWS and Airflow
+    variables) as a leak, failing whichever test happens to run beside it."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in RUNS_A_PROCESS and node.args and isinstance(node.args[0], ast.List)
+            and node.args[0].elts and isinstance(program := node.args[0].elts[0], ast.Constant)
+            and os.path.basename(str(program.value)) in leaks.AIRLOCK_TOOLS
+            and not any(keyword.arg == "env" for keyword in node.keywords)]
+
+
+def test_the_tests_run_airlocks_tools_with_an_environment_of_their_own():
+    """Every test that runs zstd, mysql, helm … itself gives it an environment (child_env())."""
+    assert tool_runs_without_an_environment('x = subprocess.run(["zstd", "-c"], input=b"")') == [1]
+    assert tool_runs_without_an_environment('subprocess.Popen(["/usr/bin/helm", "list"])') == [1]
+    assert tool_runs_without_an_environment('subprocess.run(["zstd", "-c"], env=child_env())') == []
+    assert tool_runs_without_an_environment('subprocess.run(["sleep", "1"])') == []
+    tests = Path(__file__).parent
+    found = [f"{path.name}:{line}" for path in sorted(tests.glob("*.py"))
+             for line in tool_runs_without_an_environment(path.read_text())]
+    assert found == [], f"give these child_env() (airlock.child_env): {found}"
