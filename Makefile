@@ -20,8 +20,8 @@ demo: deps
 # servers: the distributed Airflow's module (then pip's resolutions against the package index and
 # the artifact stores' upgrade), Helm on a kube-apiserver (then Sematic and the demo), the other long
 # end-to-end modules (drain decisions, schedules and windows, ZenML, transient faults, re-runs), and
-# the rest. Grouped so that each takes about as long (measured on 2026-11-28, night, before the artifact
-# stores moved: distributed 34.2, helm 33.9, waiting 36.8 and the rest 38.8 min). The first
+# the rest. Grouped so that each takes about as long (measured on 2026-11-28, night: distributed 34.0,
+# helm 33.6, waiting 35.9 and the rest 37.3 min; 39.1 min in all). The first
 # three write to .test-<name>.log, printed after the rest's output; then every session's failures in
 # one list, so the end of CI's output says what failed even when its start is cut. A session still
 # running after SESSION_MINUTES is interrupted (pytest then prints where each test stood), so that a
