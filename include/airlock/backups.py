@@ -179,7 +179,8 @@ def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: st
     instead of a dump and a restore. The configuration and the artifact inventory are taken anew.
     None, saying why, when anything differs."""
     if not is_verified(store, source_id):
-        log.info("backup %s is not verified: %s is not made of its files", source_id, backup_id)
+        log.info("backup %s is not a verified set in the store (never finished, or deleted once adopted): %s is "
+                 "not made of its files", source_id, backup_id)
         return None
     started = time.monotonic()
     source = read_manifest(store, source_id)
