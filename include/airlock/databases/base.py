@@ -96,7 +96,8 @@ class Database(ABC):
     def tables_changed_since(self, tables: TableStats, facts: dict) -> list[str]:
         """The tables whose rows, checksum or columns differ from a backup with these statistics and
         facts (added and dropped ones too), read at one consistent point: none when the database
-        holds exactly that backup's data."""
+        holds exactly that backup's data. A kind may name only the tables whose columns differ when
+        there are any (enough to refuse), so the list is "at least these"."""
         stats, columns = self.consistent_stats()
         return sorted(differing(stats, tables) | differing(columns, facts.get("columns") or {}))
 
