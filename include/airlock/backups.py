@@ -191,8 +191,8 @@ def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: st
     with ticking(f"checking that {db.describe()} still holds exactly backup {source_id}'s data"):
         changed = db.tables_changed_since(source.tables, source.facts)
     if changed:
-        log.info("%s changed since backup %s was taken (tables %s): %s is not made of its files", db.describe(),
-                    source_id, ", ".join(changed), backup_id)
+        log.info("%s changed since backup %s was taken (at least in tables %s): %s is not made of its files",
+                 db.describe(), source_id, ", ".join(changed), backup_id)
         return None
     store.begin(backup_id)
     files = {name: entry for name, entry in source.files.items() if name not in (CONFIGURATION, INVENTORY)}
