@@ -3,7 +3,11 @@ never makes Airlock signal a process it did not start."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -84,3 +88,36 @@ def test_stop_never_signals_a_process_airlock_did_not_start(tmp_path, monkeypatc
     finally:
         stranger.kill()
         stranger.wait()
+
+
+KILLED_SERVER = "import time; ballast = bytearray(1 << 30); print('up', flush=True); time.sleep(300)"
+"""A stand-in for a big server process: exiting frees 1 GB, so it is seen dying for a while after its kill."""
+
+
+def test_a_start_moments_after_the_server_was_killed_starts_a_new_one_instead_of_keeping_the_dying_one(tmp_path):
+    """A server killed (a crash, the OOM killer) is still exiting for a moment; a start then (on-call
+    retrying at once) must not keep it as the server already running, whose wait then fails with
+    "exited while starting": it waits for it to go and starts the version anew."""
+    from airlock.config import load_targets
+    from airlock.demo.fleet import demo_fleet, write_targets_file
+    from airlock.environment import open_environment
+
+    targets = load_targets(str(write_targets_file(tmp_path / "targets.yaml", demo_fleet(["killed"], tmp_path, 5302))))
+    env = open_environment(targets["killed"], "staging")
+    driver = env.driver
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_SERVER], start_new_session=True, stdout=subprocess.PIPE)
+    try:
+        assert killed.stdout.readline() == b"up\n"
+        driver.state_dir.mkdir(parents=True, exist_ok=True)
+        driver.write_pid_file(killed.pid)
+        driver.record_file.write_text(json.dumps({"version": "2.16.2", "pid": killed.pid}))
+        os.killpg(killed.pid, signal.SIGKILL)
+
+        started = driver.start("2.16.2")
+
+        assert not started.get("already_running") and started["pid"] != killed.pid
+        assert driver.running_pid() == started["pid"]
+        assert env.adapter.server_version() == "2.16.2"
+    finally:
+        driver.stop()
+        killed.wait()

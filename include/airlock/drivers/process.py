@@ -31,6 +31,8 @@ from airlock.waits import Wait, WaitFailed, Waiting, run_waits
 VENV_ROOT_ENV = "AIRLOCK_VENV_ROOT"
 READY_MARKER = ".airlock-ready"
 KILL_WAIT_SECONDS = 30
+STUCK = "(stuck in the kernel, e.g. on a hung disk); check the host before retrying this task"
+"""Why a killed process outlives its kill: what on-call checks before a retry."""
 
 
 class DriverError(RuntimeError):
@@ -124,6 +126,23 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+PF_EXITING = 0x4
+"""The kernel's flag (/proc/<pid>/stat, field 9) on a process that has begun to exit."""
+SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def process_dying(pid: int) -> bool:
+    """A process killed or exiting (SIGKILL pending, or exit begun): alive for a moment more, while
+    the kernel frees its memory (about 0.1 s a GB), but never again a server to keep."""
+    try:
+        flags = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[6])
+        pending = [line.split(":")[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith(("SigPnd:", "ShdPnd:"))]
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return False
+    return bool(flags & PF_EXITING) or any(int(mask, 16) & SIGKILL_BIT for mask in pending)
 
 
 def process_identity(pid: int) -> dict | None:
@@ -277,6 +296,9 @@ class ProcessDriver:
     def spawn(self, version: str) -> dict:
         """The server of `version` running, started now unless it already is."""
         pid = self.running_pid()
+        if pid and process_dying(pid):
+            self.wait_until_gone(pid)
+            pid = None
         record = self.deployed() or {}
         if pid and record.get("version") == version:
             return {**record, "already_running": True}
@@ -303,6 +325,24 @@ class ProcessDriver:
                   "log_file": str(self.log_file), "host": socket.gethostname(), **command.describe()}
         self.record_file.write_text(json.dumps(record, indent=2))
         return record
+
+    def wait_until_gone(self, pid: int) -> None:
+        """A server killed moments ago (a crash, the OOM killer, a stop) is still exiting: a start now
+        (on-call retrying at once) waits for it and its port to go instead of keeping it as the server
+        already running, whose wait would fail with "exited while starting"."""
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(pid):
+            raise DriverError(f"{self.env.name}: the server (pid {pid}) was killed but is still exiting after "
+                              f"{KILL_WAIT_SECONDS} s {STUCK}")
+        self.wait_for_port_release(deadline)
+        self.pid_file.unlink(missing_ok=True)
+
+    def wait_for_port_release(self, deadline: float) -> None:
+        """The server's worker processes, stopped or killed with it, let go of its port last."""
+        while port_open(self.env.host, self.env.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def launch_migration(self, version: str, attempt: int = 1) -> dict:
         """A local migration is short: it runs (and is waited for) inside the task."""
@@ -339,10 +379,8 @@ class ProcessDriver:
                 time.sleep(0.1)
             if process_alive(pid):
                 raise DriverError(f"{self.env.name}: the server (pid {pid}) survived SIGKILL for "
-                                  f"{KILL_WAIT_SECONDS} s (stuck in the kernel, e.g. on a hung disk); "
-                                  "check the host before retrying this task")
-        while port_open(self.env.host, self.env.port) and time.monotonic() < deadline + 10:
-            time.sleep(0.2)  # worker processes of the group release the port last
+                                  f"{KILL_WAIT_SECONDS} s {STUCK}")
+        self.wait_for_port_release(deadline + 10)
         self.pid_file.unlink(missing_ok=True)
         return {"stopped": True, "pid": pid, "killed": killed, "seconds": round(time.monotonic() - started, 3)}
 
