@@ -125,7 +125,7 @@ def adopts_only_while_equal(db, store) -> None:
     a changed value, or a renamed column with every value the same, makes it refuse."""
     before = rows_of(db)
     take_backup(db, store, "b1", META, {"version": "2.16.2"})
-    assert adopt_backup(db, store, "b0", "b1", FINAL_META) is None  # not verified yet: never adopted
+    assert "b1 is not a verified set" in adopt_backup(db, store, "b0", "b1", FINAL_META)  # never adopted
     verify_backup(db, store, "b1")
     first = read_manifest(store, "b1")
 
@@ -140,12 +140,13 @@ def adopts_only_while_equal(db, store) -> None:
     assert store.read_json("b2", "configuration.json") == {"version": "2.16.2", "taken": "again"}
     execute(db, "UPDATE experiments SET note = 'changed' WHERE id = 3")
     assert db.tables_changed_since(first.tables, first.facts) == ["experiments"]
-    assert adopt_backup(db, store, "b3", "b1", FINAL_META) is None  # one value changed, same row count
+    assert adopt_backup(db, store, "b3", "b1", FINAL_META).endswith(  # one value changed, same row count
+        "changed since backup b1 was taken (at least in tables experiments)")
     execute(db, "UPDATE experiments SET note = 'note 3' WHERE id = 3",
             "ALTER TABLE experiments RENAME COLUMN note TO remark")
     assert db.table_stats() == first.tables  # the checksums alone would not see the rename
     assert db.tables_changed_since(first.tables, first.facts) == ["experiments"]
-    assert adopt_backup(db, store, "b4", "b1", FINAL_META) is None
+    assert isinstance(adopt_backup(db, store, "b4", "b1", FINAL_META), str)
     execute(db, "UPDATE metrics SET value = 0 WHERE id = 5")
     # MariaDB stops at a column change (enough to refuse; a dump follows) without its engine scan
     assert db.tables_changed_since(first.tables, first.facts) == \
@@ -170,7 +171,7 @@ def test_a_set_missing_a_file_since_its_verification_is_not_adopted(tmp_path):
     manifest = take_backup(db, store, "b1", META)
     verify_backup(db, store, "b1")
     (store.path("b1") / next(iter(manifest.files))).unlink()
-    assert adopt_backup(db, store, "b2", "b1", FINAL_META) is None
+    assert adopt_backup(db, store, "b2", "b1", FINAL_META).startswith("a file of backup b1 cannot be copied")
     assert store.backup_ids() == ["b1"]
 
 

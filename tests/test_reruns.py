@@ -54,6 +54,11 @@ def test_a_rerun_after_a_rollback_backs_up_again_and_loses_nothing_written_in_be
     assert written
 
 
+def tables_named(refusal: str) -> list[str]:
+    """The tables a refused adoption names: "… changed since backup … was taken (at least in tables a, b)"."""
+    return refusal.split("(at least in tables ")[1].split(")")[0].split(", ")
+
+
 def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_after_it(production, caplog):
     """A run logged after phase 1 is in the backup taken while the drained server still serves; with
     nothing written after that, the final backup adopts its files (no dump or restore while the server
@@ -63,13 +68,15 @@ def test_the_final_backup_adopts_the_serving_backup_when_nothing_was_written_aft
     steps.backup(env, steps.PREPARE, RUN, OLD)
     log_a_run(env.config.url)
     serving = steps.backup_before_stop(env, RUN, PLAN)
-    assert serving["adopted_from"] is None  # the run logged since phase 1: dumped
+    assert serving["adopted_from"] is None  # the run logged since phase 1: dumped, and its result says why
+    assert "runs" in tables_named(serving["not_adopted"]), serving
     before = env.adapter.fingerprint()
 
     run_waits(steps.freeze(env, RUN, PLAN))
     final = steps.final_backup(env, RUN)
 
     assert final["adopted_from"] == serving["backup_id"] and final["fingerprint_describes_backup"]
+    assert final["not_adopted"] is None  # the serving set's reason is not inherited with its files
     proof = f"still holds exactly backup {serving['backup_id']}'s data"  # a progress line while the server is down
     assert any(proof in record.getMessage() for record in caplog.records), caplog.text
     assert serving["backup_id"] not in env.store.backup_ids()  # the final set holds its files: one copy kept
@@ -98,7 +105,8 @@ def test_a_write_after_the_serving_backup_is_dumped_in_the_final_backup_and_neve
     assert final["adopted_from"] is None
     said = [record.getMessage() for record in caplog.records]
     refused = [line for line in said if serving["backup_id"] in line and "changed since" in line]
-    assert refused and "runs" in refused[0].split("(at least in tables ")[1].split(")")[0].split(", "), said
+    assert refused and "runs" in tables_named(refused[0]), said
+    assert serving["backup_id"] in final["not_adopted"] and "runs" in tables_named(final["not_adopted"]), final
     warned = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert any(final["backup_id"] in line and "dumped and verified instead" in line for line in warned), warned
     assert steps.read_manifest(env.store, final["backup_id"]).tables["runs"]["rows"] == \

@@ -131,9 +131,11 @@ def tags_for(meta: dict) -> dict[str, str]:
 
 
 def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
-                configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest:
+                configuration: dict | None = None, artifacts: ArtifactStore | None = None,
+                note: dict | None = None) -> Manifest:
     """Write a backup set; the manifest goes last so a crash never leaves a 'complete' backup. With
-    `artifacts`, the artifact store's inventory (and copy) joins the set, after the database's dump."""
+    `artifacts`, the artifact store's inventory (and copy) joins the set, after the database's dump;
+    `note` joins its facts (why it was dumped, for a retry to tell)."""
     started = time.monotonic()
     directory = store.begin(backup_id)
     if directory is not None:
@@ -146,7 +148,8 @@ def take_backup(db: Database, store: BackupStore, backup_id: str, meta: dict,
             files[name] = store.put_stream(backup_id, name, stream, tags_for(meta))
 
         names, tables, facts = db.dump_stream(put)
-    return complete_set(db, store, backup_id, meta, files, tables, facts, started, configuration, artifacts)
+    return complete_set(db, store, backup_id, meta, files, tables, {**facts, **(note or {})}, started,
+                        configuration, artifacts)
 
 
 def complete_set(db: Database, store: BackupStore, backup_id: str, meta: dict, files: dict, tables: TableStats,
@@ -170,40 +173,34 @@ def complete_set(db: Database, store: BackupStore, backup_id: str, meta: dict, f
 
 
 def adopt_backup(db: Database, store: BackupStore, backup_id: str, source_id: str, meta: dict,
-                 configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest | None:
+                 configuration: dict | None = None, artifacts: ArtifactStore | None = None) -> Manifest | str:
     """The set `backup_id` made of the verified set `source_id`'s database files, when the database
     holds exactly what that set holds (Database.tables_changed_since: every table's checksum and
     columns, read at one consistent point). Its verification (a restore found equal to those
     statistics) then holds for the new set too, so the files are copied inside the store (hard links
     on a disk, server-side copies in S3) instead of dumped and restored again: one checksum scan
     instead of a dump and a restore. The configuration and the artifact inventory are taken anew.
-    None, saying why, when anything differs."""
+    When anything differs: why, in a sentence for on-call (the dump that follows takes longer)."""
     if not is_verified(store, source_id):
-        log.info("backup %s is not a verified set in the store (never finished, or deleted once adopted): %s is "
-                 "not made of its files", source_id, backup_id)
-        return None
+        return f"backup {source_id} is not a verified set in the store (never finished, or deleted once adopted)"
     started = time.monotonic()
     source = read_manifest(store, source_id)
     if source.database != db.describe():
-        log.warning("backup %s is of %s, not of %s: %s is not made of its files", source_id, source.database,
-                    db.describe(), backup_id)
-        return None
+        return f"backup {source_id} is of {source.database}, not of {db.describe()}"
     with ticking(f"checking that {db.describe()} still holds exactly backup {source_id}'s data"):
         changed = db.tables_changed_since(source.tables, source.facts)
     if changed:
-        log.info("%s changed since backup %s was taken (at least in tables %s): %s is not made of its files",
-                 db.describe(), source_id, ", ".join(changed), backup_id)
-        return None
+        return f"{db.describe()} changed since backup {source_id} was taken (at least in tables {', '.join(changed)})"
     store.begin(backup_id)
     files = {name: entry for name, entry in source.files.items() if name not in (CONFIGURATION, INVENTORY)}
     try:
         for name in files:
             store.copy_file(source_id, backup_id, name, tags_for(meta))
     except StoreError as error:  # a file of the set went missing since it was verified: dump instead
-        log.warning("backup %s cannot be made of %s's files (%s); it is dumped instead", backup_id, source_id, error)
         store.delete(backup_id)
-        return None
-    complete_set(db, store, backup_id, meta, files, source.tables, {**source.facts, "adopted_from": source_id},
+        return f"a file of backup {source_id} cannot be copied ({error})"
+    facts = {key: value for key, value in source.facts.items() if key != "not_adopted"}  # it is, this time
+    complete_set(db, store, backup_id, meta, files, source.tables, {**facts, "adopted_from": source_id},
                  started, configuration, artifacts)
     source_verification = store.read_json(source_id, VERIFICATION) or {}
     record_verification(store, backup_id, started, equal_to=source_id,

@@ -140,23 +140,28 @@ def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id:
                 "platform": env.target.platform, "platform_version": version}
         artifacts = env.artifacts if purpose != POST_UPGRADE else None  # artifacts added since stay in place
         configuration = env.driver.configuration()
-        adopted = next((source for source in adopt_from if adopt_backup(
-            env.database, env.store, backup_id, source, meta, configuration, artifacts)), None)
-        if adopted:
-            log.info("%s: the database holds exactly what the verified backup %s holds (every table's rows and "
-                     "checksum): its files make up %s, with no dump and no restore", env.name, adopted, backup_id)
+        refused = []
+        for source in adopt_from:
+            adopted = adopt_backup(env.database, env.store, backup_id, source, meta, configuration, artifacts)
+            if not isinstance(adopted, str):
+                log.info("%s: the database holds exactly what the verified backup %s holds (every table's rows and "
+                         "checksum): its files make up %s, with no dump and no restore", env.name, source, backup_id)
+                break
+            refused.append(adopted)
         else:
-            if adopt_from:  # with the server down (the final backup), this is downtime: on-call wants to know
+            note = {"not_adopted": "; ".join(refused)} if refused else None
+            if note:  # with the server down (the final backup), this is downtime: on-call wants to know
                 log.log(logging.WARNING if purpose == FINAL else logging.INFO,
                         "%s: no earlier backup holds exactly the database's data now (%s): %s is dumped and "
-                        "verified instead, which takes longer", env.name, ", ".join(adopt_from), backup_id)
-            take_backup(env.database, env.store, backup_id, meta, configuration, artifacts)
+                        "verified instead, which takes longer", env.name, note["not_adopted"], backup_id)
+            take_backup(env.database, env.store, backup_id, meta, configuration, artifacts, note)
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
     return {"backup_id": backup_id, "location": env.store.location(backup_id), "verified": True,
             "tables": len(manifest.tables), "rows": verification["rows"],
             "bytes": sum(f["bytes"] for f in manifest.files.values()), "adopted_from": manifest.facts.get(
-                "adopted_from"), "backup_seconds": manifest.seconds, "verify_seconds": verification["seconds"]}
+                "adopted_from"), "not_adopted": manifest.facts.get("not_adopted"),
+            "backup_seconds": manifest.seconds, "verify_seconds": verification["seconds"]}
 
 
 def backup_before_stop(env: Environment, run_id: str, plan_: dict) -> dict:
