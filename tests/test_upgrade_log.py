@@ -49,6 +49,18 @@ def test_record_measures_phases_and_production_downtime():
     assert record["phase_spans"]["production_upgrade"] == ["2026-11-23T10:05:00+00:00", "2026-11-23T10:05:31+00:00"]
     assert record["downtime_span"] == ["2026-11-23T10:05:01+00:00", "2026-11-23T10:05:31+00:00"]
     assert record["versions_after"] == {"staging": "2.16.2", "production": "3.17.2"}  # staging never finished
+    assert record["downtime_note"] is None  # the final backup's result says nothing against it
+
+
+def test_a_final_backup_dumped_with_the_server_down_explains_the_downtime():
+    refused = "mlflow@db changed since backup production-pre_stop-r1 was taken (at least in tables runs)"
+    results = {"preflight.plan": PLAN, "production_upgrade.backup": {"adopted_from": None, "not_adopted": refused},
+               "production_upgrade.stop": {"last_answered_at": "2026-11-23T10:05:01+00:00"},
+               "production_upgrade.health": {"healthy_at": "2026-11-23T10:06:31+00:00"}}
+    record = build_record("team_a", "run-1", "2026-11-23T10:00:00+00:00", results)
+    assert record["downtime_note"] == f"the final backup was dumped and verified with the server down: {refused}"
+    assert f"| 90 s (the final backup was dumped and verified with the server down: {refused}) |" in \
+        upgrade_log.render_markdown([record])
 
 
 def test_versions_after_say_what_each_environment_runs_once_the_run_is_over():

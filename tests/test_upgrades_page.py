@@ -82,6 +82,19 @@ def test_the_timeline_draws_a_bar_per_phase_and_marks_the_downtime_inside_produc
     assert float(bars[2][1]) > 250  # the hour at the gate is most of the axis: a long gate shows
 
 
+def test_a_downtime_the_final_backups_dump_lengthened_says_so_on_the_page():
+    note = ("the final backup was dumped and verified with the server down: db changed since backup b (at least "
+            "in tables <runs>)")
+    slow, usual = (upgrade(run, "2026-11-01", down=down, phase_spans=SPANS, downtime_note=note_,
+                           downtime_span=["2026-11-01T11:02:40+00:00", "2026-11-01T11:03:10+00:00"])
+                   for run, down, note_ in (("r1", 95.0, note), ("r2", 30.0, None)))
+    html = render_page([TargetView("team_a", "mlflow", [slow, usual])], [], set(), root="../", generated_at="now")
+    escaped = note.replace("<", "&lt;").replace(">", "&gt;")
+    assert f'<td class="slow" title="{escaped}">1 min 35 s ⓘ</td>' in html and "<runs>" not in html
+    assert "<td>30.0 s</td>" in html  # a downtime without a note is shown as before
+    assert f"<title>production down 1 min 35 s ({escaped})</title>" in timeline_svg(slow)
+
+
 def test_the_page_escapes_what_it_shows_and_links_each_run_to_its_dag_run():
     hostile = upgrade("manual__2026<x>", "2026-11-01", approver="<script>alert(1)</script>", phase_spans=SPANS)
     view = TargetView("team_a", "mlflow", [hostile])

@@ -139,7 +139,14 @@ def build_record(target: str, run_id: str, started_at: str, results: dict[str, d
         "newest_release": plan.get("newest_release"), "versions_after": versions_after(outcome, results),
         "trigger": (results.get("preflight.validate") or {}).get("trigger", "manual"),
         "windows": {env: results[task] for env, task in WINDOW_TASKS.items() if results.get(task)},
+        "downtime_note": downtime_note(results),
     }
+
+
+def downtime_note(results: dict[str, dict | None]) -> str | None:
+    """Why production's downtime took longer than the migration and the start, when the run knows."""
+    refused = (results.get("production_upgrade.backup") or {}).get("not_adopted")
+    return f"the final backup was dumped and verified with the server down: {refused}" if refused else None
 
 
 def rollback_record(target: str, run_id: str, started_at: str, plan: dict | None, decision: dict | None,
@@ -218,6 +225,11 @@ def read(place: LogPlace | str | Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def note_mark(record: dict) -> str:
+    """After a downtime: why it took longer, when the record says."""
+    return f" ({record['downtime_note']})" if record.get("downtime_note") else ""
+
+
 def render_markdown(records: list[dict]) -> str:
     header = ("| Date | Target | From → To | Outcome | Rolled back | Approver | Prod downtime | Phases (s) |\n"
               "|---|---|---|---|---|---|---|---|\n")
@@ -228,5 +240,5 @@ def render_markdown(records: list[dict]) -> str:
         lines.append(
             f"| {r['date']} | {r['target']} | {r.get('from') or '?'} → {r.get('to') or '?'} | {r['outcome']} | "
             f"{'yes' if r.get('rolled_back') else 'no'} | {r.get('approver') or '—'} | "
-            f"{'—' if downtime is None else f'{downtime:g} s'} | {phases} |")
+            f"{'—' if downtime is None else f'{downtime:g} s'}{note_mark(r)} | {phases} |")
     return "# Upgrade log\n\n" + header + "\n".join(lines) + "\n"

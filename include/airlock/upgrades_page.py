@@ -15,6 +15,7 @@ from html import escape
 from urllib.parse import quote
 
 from airlock.progress import clock
+from airlock.upgrade_log import note_mark
 from airlock.versions import PlanError, parse_version
 
 ROLLBACK_RATE_GOAL = 0.05
@@ -218,7 +219,8 @@ def timeline_svg(record: dict, width: int = 420) -> str:
         left, right = x(down[0]), x(down[1])
         parts.append(f'<rect class="downtime" x="{left:.1f}" y="0" width="{max(right - left, 1.5):.1f}" '
                      f'height="{row * len(spans) + 2}" fill="#d62728" fill-opacity="0.35">'
-                     f'<title>production down {duration(record.get("production_downtime_seconds"))}</title></rect>')
+                     f'<title>production down {duration(record.get("production_downtime_seconds"))}'
+                     f'{escape(note_mark(record))}</title></rect>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -236,6 +238,14 @@ def kpi_cells(k: Kpis, goal_seconds: float) -> str:
             f'<div class="kpi"><b>Staging → production</b><br>median {duration(k.staging_to_production_median)}</div>')
 
 
+def downtime_cell(record: dict) -> str:
+    """The downtime; when the record says why it took longer, marked, and the reason on hover."""
+    down = duration(record.get("production_downtime_seconds"))
+    if not record.get("downtime_note"):
+        return f"<td>{down}</td>"
+    return f'<td class="slow" title="{escape(record["downtime_note"])}">{down} ⓘ</td>'
+
+
 def history_rows(root: str, records: list[dict]) -> str:
     rows = []
     for r in sorted(records, key=lambda r: r.get("date") or "", reverse=True):
@@ -246,7 +256,7 @@ def history_rows(root: str, records: list[dict]) -> str:
             f'<td>{escape(what)}</td><td>{escape(str(r.get("from") or "?"))} → {escape(str(r.get("to") or "?"))}</td>'
             f'<td class="{"bad" if outcome in BAD_OUTCOMES else "good"}" title="{escape(str(r.get("detail") or ""))}">'
             f'{escape(outcome)}</td><td>{escape(str(r.get("approver") or "—"))}</td>'
-            f'<td>{duration(r.get("production_downtime_seconds"))}</td>'
+            f'{downtime_cell(r)}'
             f'<td>{"yes" if r.get("rolled_back") else "no"}</td><td>{run_link(root, r)}</td>'
             f'<td>{timeline_svg(r)}</td></tr>')
     return "".join(rows)
@@ -303,7 +313,7 @@ def in_flight_section(root: str, views: list[TargetView], in_flight: list[InFlig
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}h1{margin-bottom:0}
 table{border-collapse:collapse;width:100%;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:3px 6px;
-text-align:left;vertical-align:top}td.bad{font-weight:600}
+text-align:left;vertical-align:top}td.bad{font-weight:600}td.slow{cursor:help}
 .good{color:#1b7f3b}.bad{color:#b00020}.muted{color:#777}.kpis{display:flex;gap:1.5em;margin:.5em 0 1em}
 .kpi{background:#f5f5f5;padding:.5em .8em;border-radius:4px}section{margin-bottom:2em}
 #in-flight li.marker{color:#b00020}small{color:#777;font-weight:normal}"""
