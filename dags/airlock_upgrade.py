@@ -7,6 +7,7 @@ this file named airlock_upgrade_<i>of<n>.py each build one shard of a big fleet 
 """
 
 from airflow.sdk import get_parsing_context
+from airlock.config import load_targets
 from airlock.dag_factory import build_upgrade_dags
 from airlock.dag_shards import shard_of_file
 from airlock.fleet_dag import build_fleet_dags
@@ -14,6 +15,7 @@ from airlock.rollback_dag import build_rollback_dags
 
 # A worker that parses this file to run a task builds that task's DAG alone (None: every DAG).
 only, shard = get_parsing_context().dag_id, shard_of_file(__file__)
-globals().update(build_upgrade_dags(only=only, shard=shard))
-globals().update(build_rollback_dags(only=only, shard=shard))
-globals().update(build_fleet_dags(only=only, shard=shard))
+targets = load_targets()  # read and checked once for all three kinds of DAG (most of a worker's parse)
+globals().update(build_upgrade_dags(targets, only=only, shard=shard))
+globals().update(build_rollback_dags(targets, only=only, shard=shard))
+globals().update(build_fleet_dags(targets, only=only, shard=shard))

@@ -20,7 +20,7 @@ from pathlib import Path
 import platform_logins
 import yaml
 from airlock import upgrade_log
-from airlock.config import load_target
+from airlock.config import load_target, load_targets
 from airlock.databases.mysql import MysqlDatabase
 from airlock.demo import SEED_MLFLOW, SEED_SEMATIC, SEED_ZENML
 from airlock.environment import Environment, open_environment
@@ -345,14 +345,14 @@ def run_upgrade(dag_id: str, targets_file: Path, conf: dict, answer: str | None 
     """Trigger the DAG like an operator would (with params) and answer its gates; return the run."""
     from airlock.dag_factory import build_upgrade_dags
 
-    return run_dag(build_upgrade_dags(str(targets_file))[dag_id], conf, answer, answers)
+    return run_dag(build_upgrade_dags(load_targets(str(targets_file)))[dag_id], conf, answer, answers)
 
 
 def run_rollback(target: str, targets_file: Path, conf: dict, answer: str | None = "Approve"):
     """Trigger on-call's rollback DAG and answer its confirmation; return the run and the answerer."""
     from airlock.rollback_dag import build_rollback_dags
 
-    dag = build_rollback_dags(str(targets_file))[f"airlock_rollback__{target}"]
+    dag = build_rollback_dags(load_targets(str(targets_file)))[f"airlock_rollback__{target}"]
     return run_dag(dag, conf, None, {"confirm": answer} if answer else None)
 
 

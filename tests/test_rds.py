@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 from airlock import steps
-from airlock.config import load_target
+from airlock.config import load_target, load_targets
 from airlock.dag_factory import build_upgrade_dags
 from airlock.demo import SEED_MLFLOW
 from airlock.environment import open_environment
@@ -114,7 +114,7 @@ def test_rollback_restores_the_snapshot_under_the_original_name(rds_client, rds_
 
 def test_rds_target_dag_snapshots_between_backup_and_migration(rds_target):
     path, _ = rds_target
-    dag = build_upgrade_dags(str(path))["airlock_upgrade__on_rds"]
+    dag = build_upgrade_dags(load_targets(str(path)))["airlock_upgrade__on_rds"]
     chain = ["backup", "rds_snapshot", "rds_snapshot_ready", "migrate"]
     for earlier, later in itertools.pairwise(chain):
         assert f"production_upgrade.{earlier}" in dag.get_task(f"production_upgrade.{later}").upstream_task_ids

@@ -669,10 +669,10 @@ def load_targets(path: str | Path | None = None) -> dict[str, TargetConfig]:
     return targets
 
 
-def load_fleets(path: str | Path | None = None) -> dict[str, FleetConfig]:
+def load_fleets(path: str | Path | None = None, known: set[str] | None = None) -> dict[str, FleetConfig]:
     """The file's fleets (`fleets: {name: {targets: [...], wave_size, pause_minutes}}`), each naming
-    targets of the same file."""
-    known = set(load_targets(path))
+    targets of the same file (`known`: their names, when the caller has read them already)."""
+    known = set(load_targets(path)) if known is None else known
     source, top = read_file(path)
     entries = top.child("fleets", required=False)
     return {name: FleetConfig.read(str(name), Reader(entries.data[name], f"fleets.{name}", source, None), known)

@@ -411,9 +411,10 @@ def build_upgrade_dag(target: TargetConfig) -> DAG:
     return with_params(dag, params(target))
 
 
-def build_upgrade_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
+def build_upgrade_dags(targets: dict[str, TargetConfig], only: str | None = None,
+                       shard: Shard = WHOLE) -> dict[str, DAG]:
     """Every target's DAG, keyed by dag_id (for `globals().update(...)` in the DAG file); only the
     DAG `only` when one is named (a worker parsing the file to run one of its tasks); only the
     shard's targets in a DAG file that is one shard of several (airlock/dag_shards.py)."""
-    return {target.dag_id: build_upgrade_dag(target) for target in load_targets(path).values()
+    return {target.dag_id: build_upgrade_dag(target) for target in targets.values()
             if only in (None, target.dag_id) and shard.holds(target.name)}

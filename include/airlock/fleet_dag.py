@@ -10,7 +10,7 @@ from airflow.sdk import DAG, BaseOperator, Param, TaskGroup, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock import upgrade_log
-from airlock.config import load_fleets, load_targets
+from airlock.config import TargetConfig, load_fleets, load_targets
 from airlock.config_operations import FleetConfig
 from airlock.dag_shards import WHOLE, Shard
 from airlock.dag_tasks import dag_settings
@@ -107,7 +107,9 @@ def outcome_of(target, run_id: str, started: bool) -> str:
     return f"started, no record in its upgrade log (see its run {run_id})" if started else "not started"
 
 
-def build_fleet_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
-    """Every fleet's DAG, keyed by dag_id (only `only` when one is named; only the shard's)."""
-    return {fleet.dag_id: build_fleet_dag(fleet, path) for fleet in load_fleets(path).values()
+def build_fleet_dags(targets: dict[str, TargetConfig], only: str | None = None, shard: Shard = WHOLE,
+                     path: str | None = None) -> dict[str, DAG]:
+    """Every fleet's DAG of the targets file at `path` (whose `targets` are read already), keyed by
+    dag_id (only `only` when one is named; only the shard's)."""
+    return {fleet.dag_id: build_fleet_dag(fleet, path) for fleet in load_fleets(path, set(targets)).values()
             if only in (None, fleet.dag_id) and shard.holds(fleet.name)}

@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock import oncall, upgrade_log
-from airlock.config import ENVIRONMENTS, TargetConfig, load_targets
+from airlock.config import ENVIRONMENTS, TargetConfig
 from airlock.dag_shards import WHOLE, Shard
 from airlock.dag_tasks import (
     NO_RETRY,
@@ -117,7 +117,8 @@ def build_rollback_dag(target: TargetConfig) -> DAG:
     return with_params(dag, params())
 
 
-def build_rollback_dags(path: str | None = None, only: str | None = None, shard: Shard = WHOLE) -> dict[str, DAG]:
+def build_rollback_dags(targets: dict[str, TargetConfig], only: str | None = None,
+                        shard: Shard = WHOLE) -> dict[str, DAG]:
     """Every target's rollback DAG, keyed by dag_id (only `only` when one is named; only the shard's)."""
-    return {f"airlock_rollback__{target.name}": build_rollback_dag(target) for target in load_targets(path).values()
+    return {f"airlock_rollback__{target.name}": build_rollback_dag(target) for target in targets.values()
             if only in (None, f"airlock_rollback__{target.name}") and shard.holds(target.name)}
