@@ -152,8 +152,8 @@ def backup(env: Environment, purpose: str, run_id: str, version: str, backup_id:
             note = {"not_adopted": "; ".join(refused)} if refused else None
             if note:  # with the server down (the final backup), this is downtime: on-call wants to know
                 log.log(logging.WARNING if purpose == FINAL else logging.INFO,
-                        "%s: no earlier backup holds exactly the database's data now (%s): %s is dumped and "
-                        "verified instead, which takes longer", env.name, note["not_adopted"], backup_id)
+                        "%s: %s is dumped and verified instead of made of an earlier backup's files, which takes "
+                        "longer: %s", env.name, backup_id, note["not_adopted"])
             take_backup(env.database, env.store, backup_id, meta, configuration, artifacts, note)
     verification = verify_backup(env.database, env.store, backup_id)
     manifest = read_manifest(env.store, backup_id)
