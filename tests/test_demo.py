@@ -6,6 +6,8 @@ up until Ctrl-C, which stops them all."""
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import queue
 import re
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 from airlock.drivers.process import port_open
@@ -24,6 +27,56 @@ from conftest import platform_venvs
 REPO = Path(__file__).resolve().parent.parent
 STAGING, PRODUCTION, AIRFLOW = 5299, 5300, 5301
 PHASE_LINE = re.compile(r"\] phase (\w+) complete$")
+
+
+class StallingAirflow(http.server.BaseHTTPRequestHandler):
+    """Airflow's API as the demo follows a run, busy for a moment: it drops the first poll of the
+    task instances without an answer (as a request that timed out), then answers 503 once."""
+
+    polls: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:  # /auth/token
+        self.answer(200, {"access_token": "token"})
+
+    def do_GET(self) -> None:
+        StallingAirflow.polls.append(self.path)
+        if self.path.endswith("/taskInstances?limit=100") and len(StallingAirflow.polls) == 1:
+            self.close_connection = True  # no answer at all
+            return
+        if len(StallingAirflow.polls) == 2:
+            self.answer(503, {"detail": "busy"})
+        elif self.path.endswith("/taskInstances?limit=100"):
+            self.answer(200, {"task_instances": [{"task_id": "conclude.report", "state": "success"}]})
+        else:
+            self.answer(200, {"state": "success"})
+
+    def answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_demo_follows_its_run_through_an_api_that_stalls_for_a_moment(tmp_path, capsys):
+    """Under load Airflow's API once left a poll unanswered for 30 s: the demo ended there and stopped
+    everything it started. It asks again instead, and says so."""
+    from airlock.demo.run import PASSWORDS_FILE, AirflowApi, follow_run
+
+    (tmp_path / PASSWORDS_FILE).write_text(json.dumps({"admin": "pw"}))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StallingAirflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = AirflowApi(tmp_path, port=server.server_address[1])
+        assert follow_run(api, "manual__1") == "success"
+    finally:
+        server.shutdown()
+    said = capsys.readouterr().out
+    assert said.count("Airflow's API did not answer") == 2 and "conclude.report: success" in said, said
 
 
 def lines_of(process: subprocess.Popen) -> queue.Queue:

@@ -156,6 +156,20 @@ class AirflowApi:
     def call(self, method: str, path: str, body: dict | None = None):
         return request_json(method, f"{self.url}/api/v2{path}", body, headers=self.headers)
 
+    def read(self, path: str, patience: float = 300):
+        """A GET that outlasts a busy or restarting API server: one poll that timed out must not end
+        the demo and stop everything it started. Asked again while it does not answer or answers 5xx,
+        for up to `patience` seconds; any other answer (a 4xx) is final."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.call("GET", path)
+            except ServerError as error:
+                if (error.status is not None and error.status < 500) or time.monotonic() > deadline:
+                    raise
+                say(f"Airflow's API did not answer ({error}); asking again")
+                time.sleep(2)
+
 
 def add_api_connection(api: AirflowApi, home: Path) -> None:
     """The connection Airlock reaches Airflow's own API with (drain.airflow_api_conn_id), as an admin
@@ -191,7 +205,7 @@ def follow_run(api: AirflowApi, run_id: str, approve: str = "auto", home: Path |
     phases_done: set[str] = set()
     answered = False
     while True:
-        tis = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+        tis = api.read(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
         states = {ti["task_id"]: ti["state"] or "none" for ti in tis}
         for task_id, state in sorted(states.items()):
             if state in DONE and seen.get(task_id) != state:
@@ -208,7 +222,7 @@ def follow_run(api: AirflowApi, run_id: str, approve: str = "auto", home: Path |
             else:
                 answer_gate(api, run_id)
             answered = True
-        run = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        run = api.read(f"/dags/{DAG_ID}/dagRuns/{run_id}")
         if run["state"] in ("success", "failed"):
             return run["state"]
         time.sleep(2)
