@@ -225,15 +225,20 @@ def install_and_seed(scenario: Scenario, helm: HelmClient) -> None:
         seed(scenario, env)
 
 
-def stop_all(*scenarios: Scenario) -> None:
-    """Stop the servers (for Helm scenarios the test's kubelet stops them) and drop the databases,
-    all at once (each server takes a moment to exit)."""
+def stop_servers(*scenarios: Scenario) -> None:
+    """Stop the servers (for Helm scenarios the test's kubelet stops them), all at once (each server
+    takes a moment to exit)."""
     def stop(scenario: Scenario, env_name: str) -> None:
         if scenario.driver == "process":
             scenario.env(env_name, login=False).driver.stop()
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda args: stop(*args), [(s, env) for s in scenarios for env in ENVS]))
+
+
+def stop_all(*scenarios: Scenario) -> None:
+    """Stop the servers and drop the databases."""
+    stop_servers(*scenarios)
     for scenario in scenarios:
         for db in scenario.databases.values():
             db.drop()

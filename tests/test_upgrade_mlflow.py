@@ -34,6 +34,7 @@ from harness import (
     served,
     start_and_seed,
     stop_all,
+    stop_servers,
     task_states,
     write_targets,
     xcom,
@@ -64,6 +65,16 @@ def world(tmp_path_factory, airflow_db, mlflow_venvs):
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", connection_uri_for_airflow())
         yield scenarios, targets_file
         stop_all(*scenarios.values())
+
+
+@pytest.fixture(autouse=True)
+def servers_stopped_after_each_test(world):
+    """Each test starts and uses its own scenario's servers: stopped once it ends (their databases stay
+    until the module's end), so the module never holds its eighteen servers at once (about 7 GB, with
+    the happy run's job runners) beside the other sessions. Once, with all of them up, the kernel's
+    OOM killer took the shared MariaDB and failed every session."""
+    yield
+    stop_servers(*world[0].values())
 
 
 def secrets_leaked(run, scenario, captured: str) -> list[str]:
